@@ -1,0 +1,22 @@
+# The README's commands. Each one bootstraps what it needs first (idempotent, seconds when warm).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: run test lint bench stack-down
+
+run:  ## install what is missing, start the local stack, serve on http://127.0.0.1:8080
+	@deploy/bootstrap.sh run
+	@$(PY) -m server run
+
+test:  ## the whole suite against throwaway real services
+	@deploy/bootstrap.sh test
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+lint:
+	@deploy/bootstrap.sh test
+	$(VENV)/bin/ruff check server tests
+	$(VENV)/bin/mypy server
+
+stack-down:  ## stop services left running by `python -m server stack up`
+	@$(PY) -m server stack down

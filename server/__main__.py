@@ -1,0 +1,139 @@
+"""Command line: `python -m server serve|migrate|run|stack ...`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from server.settings import LOCAL_PORTS, Settings
+
+REPO = Path(__file__).resolve().parent.parent
+STACK_DIR = REPO / ".stack"
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def cmd_serve(settings: Settings, host: str | None, port: int | None) -> None:
+    from aiohttp import web
+
+    from server.app import create_app
+    from server.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+    _install_uvloop()
+    settings = settings.with_(host=host or settings.host, port=port or settings.port)
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None,
+                print=lambda _msg: print(f"serving on http://{settings.host}:{settings.port}", flush=True),
+                shutdown_timeout=5)
+
+
+async def _prepare(settings: Settings) -> list[str]:
+    from server.db import ensure_database, migrate
+
+    await ensure_database(settings.database_url)
+    return await migrate(settings.database_url)
+
+
+def cmd_migrate(settings: Settings) -> None:
+    applied = asyncio.run(_prepare(settings))
+    print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+def ensure_bucket(settings: Settings) -> None:
+    from botocore.exceptions import ClientError
+
+    from server.app import make_s3_client
+
+    s3 = make_s3_client(settings)
+    try:
+        s3.head_bucket(Bucket=settings.s3_bucket)
+    except ClientError:
+        s3.create_bucket(Bucket=settings.s3_bucket)
+
+
+def _stack(settings: Settings):  # type: ignore[no-untyped-def]
+    from server.stack import Stack
+
+    return Stack(root=STACK_DIR, durable=True, turn_secret=settings.turn_secret, turn_realm=settings.turn_realm)
+
+
+def _print_stack(stack) -> None:  # type: ignore[no-untyped-def]
+    for name, (pid, port) in stack.status().items():
+        state = f"pid {pid}" if pid else "stopped"
+        print(f"  {name:<9} 127.0.0.1:{port:<6} {state}")
+
+
+def cmd_stack(settings: Settings, action: str) -> None:
+    stack = _stack(settings)
+    if action == "up":
+        stack.up()
+        asyncio.run(_prepare(settings))
+        ensure_bucket(settings)
+    elif action == "down":
+        stack.down()
+    _print_stack(stack)
+
+
+def cmd_run(settings: Settings) -> None:
+    """`make run`: start the local stack, prepare it, serve; on Ctrl-C stop what this run started."""
+    stack = _stack(settings)
+    t0 = time.monotonic()
+    started = stack.up()
+
+    def _terminate(_sig: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        applied = asyncio.run(_prepare(settings))
+        ensure_bucket(settings)
+        print(f"\nlocal stack ready in {time.monotonic() - t0:.1f}s (data in {STACK_DIR}, logs in {STACK_DIR}/logs)")
+        _print_stack(stack)
+        print(f"  migrations applied now: {', '.join(applied) or 'none (up to date)'}")
+        print(f"  app       http://127.0.0.1:{settings.port}   (health: /health, readiness: /ready)")
+        print("Ctrl-C stops the app and every service this run started.\n", flush=True)
+        cmd_serve(settings, None, None)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.down(started)
+        print(f"stopped: {', '.join(started) or 'nothing (services were already running before this run)'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m server")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    serve = sub.add_parser("serve", help="serve the app (start it again on another port for a second node)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    sub.add_parser("migrate", help="apply pending schema migrations")
+    sub.add_parser("run", help="local stack + migrations + app; Ctrl-C stops everything it started")
+    stack = sub.add_parser("stack", help="local services under .stack/")
+    stack.add_argument("action", choices=["up", "down", "status"])
+    args = parser.parse_args(argv)
+
+    settings = Settings.from_env()
+    if args.cmd == "serve":
+        cmd_serve(settings, args.host, args.port)
+    elif args.cmd == "migrate":
+        cmd_migrate(settings)
+    elif args.cmd == "run":
+        cmd_run(settings)
+    elif args.cmd == "stack":
+        cmd_stack(settings, args.action)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Account operations: guest signup, linking, login, logout. No HTTP here: callers pass plain values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import structlog
+
+from server import ratelimit
+from server.accounts import passwords, store
+from server.accounts.profile import card, has_access
+from server.accounts.sessions import BANNED_STATUSES, Principal, start_session
+from server.deps import Deps
+from server.errors import ApiError, bad_request, rate_limited
+from server.payments import codes
+from server.presence.state import is_online
+from server.referrals import store as referrals
+
+log = structlog.get_logger(__name__)
+
+INVALID_CREDENTIALS = "Invalid credentials"
+
+
+@dataclass(frozen=True)
+class Client:
+    ip: str | None
+    user_agent: str | None
+
+
+async def _limit(deps: Deps, key: str, limit: int, window_s: int, message: str, code: str) -> None:
+    w = await ratelimit.hit(deps.redis, key, window_s)
+    if w.count > limit:
+        raise rate_limited(message, w.retry_after_s, code=code,
+                           message=f"Please wait {w.retry_after_s} seconds before trying again.")
+
+
+async def guest_signup(deps: Deps, client: Client, name: str, gender: str,
+                       referral_code: str | None, invite_code: str | None) -> dict[str, Any]:
+    s = deps.settings
+    if invite_code is not None:
+        invite_code = codes.normalize(invite_code)
+        if not codes.CODE_RE.match(invite_code):
+            raise bad_request("Invalid invite code format", code="invalid_code_format")
+        # Every code-accepting route shares validate-code's per-IP budget (§6 D8).
+        await _limit(deps, f"codes:ip:{client.ip}", s.code_attempts_per_ip_per_hour, 3600,
+                     "Too many attempts", "code_rate_limited")
+    await _limit(deps, f"signup:ip:{client.ip}", s.guest_signups_per_ip_per_hour, 3600,
+                 "Too many signups from this network", "signup_rate_limited")
+
+    ref = await referrals.resolve(deps.db, referral_code.strip().upper()) if referral_code else None
+    async with deps.db.acquire() as conn, conn.transaction():
+        user = await store.insert_guest(
+            conn, name, gender,
+            ref["target_user_id"] if ref else None, ref["created_by"] if ref else None, ref["code"] if ref else None,
+        )
+        if invite_code:
+            await codes.redeem(conn, invite_code, user["id"])  # raises -> the whole signup rolls back
+            user = await store.get_user(conn, user["id"])
+        token, _, _ = await start_session(conn, user["id"], "guest", s.guest_session_days, client.ip,
+                                          client.user_agent)
+    target = await store.get_user(deps.db, ref["target_user_id"]) if ref else None
+    log.info("guest_signup", user_id=str(user["id"]), referred=ref is not None, invite_code=bool(invite_code))
+    return {
+        "userId": str(user["id"]),
+        "sessionToken": token,
+        "accountType": "guest",
+        "paidStatus": user["paid_status"],
+        "requiresPayment": not has_access(deps, user["paid_status"]),
+        "inviteCodeUsed": bool(invite_code),
+        "wasReferred": ref is not None,
+        "referralCode": ref["code"] if ref else None,
+        "introducedTo": str(ref["target_user_id"]) if ref else None,
+        "targetUser": card(deps, target) if target else None,
+        "targetOnline": await is_online(deps.redis, str(target["id"])) if target else False,
+    }
+
+
+async def link(deps: Deps, principal: Principal, email: str, password: str) -> dict[str, Any]:
+    problem = passwords.policy_error(password)
+    if problem:
+        raise bad_request(problem, code="weak_password")
+    hashed = await passwords.hash_password(password, deps.settings.bcrypt_rounds)
+    async with deps.db.acquire() as conn, conn.transaction():
+        try:
+            linked = await store.link_account(conn, principal.user_id, email, hashed)
+        except asyncpg.UniqueViolationError:
+            raise ApiError(409, "email_taken", "Email already registered") from None
+        if not linked:
+            raise ApiError(409, "already_linked", "Account is already linked to an email")
+        expires = datetime.now(UTC) + timedelta(days=deps.settings.login_session_days)
+        await store.extend_session(conn, principal.session_id, "link", expires)
+    log.info("account_linked", user_id=str(principal.user_id))
+    return {"success": True, "accountType": "permanent"}
+
+
+async def login(deps: Deps, client: Client, email: str, password: str) -> tuple[dict[str, Any], UUID, list[UUID]]:
+    """Returns the response, the user id, and the sessions this login invalidated."""
+    s = deps.settings
+    ip_key, acct_key = f"login:ip:{client.ip}", f"login:acct:{email}"
+    for key, limit in ((ip_key, s.login_max_failures_per_ip), (acct_key, s.login_max_failures_per_account)):
+        w = await ratelimit.peek(deps.redis, key, s.login_failure_window_seconds)
+        if w.count >= limit:
+            raise rate_limited("Too many login attempts", w.retry_after_s, code="login_rate_limited",
+                               message=f"Too many failed attempts. Try again in {w.retry_after_s} seconds.")
+    if len(password.encode()) > passwords.MAX_BYTES:
+        raise bad_request(f"Password must be at most {passwords.MAX_BYTES} bytes", code="password_too_long")
+
+    user = await store.find_login(deps.db, email)
+    ok = await passwords.verify_password(password, user["password_hash"] if user else None, s.bcrypt_rounds)
+    if not ok or user is None:
+        await ratelimit.hit(deps.redis, ip_key, s.login_failure_window_seconds)
+        await ratelimit.hit(deps.redis, acct_key, s.login_failure_window_seconds)
+        raise ApiError(401, "invalid_credentials", INVALID_CREDENTIALS,
+                       message="Email or password is incorrect. Guest accounts have no password: "
+                               "link an email from Settings first.")
+    await ratelimit.clear(deps.redis, acct_key)
+    if user["ban_status"] in BANNED_STATUSES:
+        raise ApiError(403, "banned", "Account suspended", banned=True, banStatus=user["ban_status"],
+                       reviewStatus=user["review_status"] or "pending",
+                       message="Your account has been suspended.")
+
+    async with deps.db.acquire() as conn, conn.transaction():
+        token, session_id, _ = await start_session(conn, user["id"], "login", s.login_session_days,
+                                                   client.ip, client.user_agent)
+        revoked = await store.revoke_user_sessions(conn, user["id"], "new_login", keep=session_id)
+    log.info("login", user_id=str(user["id"]), invalidated=len(revoked))
+    return {
+        "userId": str(user["id"]),
+        "sessionToken": token,
+        "accountType": user["account_type"],
+        "sessionInvalidated": bool(revoked),
+        "invalidatedCount": len(revoked),
+        "user": {**card(deps, user), "email": user["email"]},
+    }, user["id"], revoked
+
+
+async def logout(deps: Deps, principal: Principal) -> None:
+    await store.revoke_session(deps.db, principal.session_id, "logout")

@@ -1,0 +1,84 @@
+"""Session tokens and the one authentication function used by HTTP routes and Socket.IO alike."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import asyncpg
+from aiohttp import web
+
+from server.accounts import store
+from server.deps import Deps, deps_of
+from server.errors import ApiError, unauthorized
+from server.httpio import bearer_token
+
+BANNED_STATUSES = ("temporary", "permanent")
+
+
+def new_token() -> str:
+    """256 bits from the OS CSPRNG, URL-safe. Only its hash is stored."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: UUID
+    session_id: UUID
+    account_type: str
+    role: str
+    paid_status: str
+    ban_status: str
+    expires_at: datetime
+
+    @property
+    def banned(self) -> bool:
+        return self.ban_status in BANNED_STATUSES
+
+
+def suspended() -> ApiError:
+    return ApiError(403, "banned", "Account suspended", banned=True,
+                    message="Your account has been suspended pending review.")
+
+
+async def authenticate(deps: Deps, token: str | None, *, allow_banned: bool = False) -> Principal:
+    """Resolve a bearer token: unknown, expired, revoked or replaced tokens fail; banned users fail
+    unless the caller explicitly serves them (e.g. /report/check-ban)."""
+    if not token:
+        raise unauthorized("Authorization required")
+    if len(token) > 256:
+        raise unauthorized("Invalid or expired session")
+    row = await store.find_session(deps.db, hash_token(token))
+    if row is None or row["expires_at"] <= datetime.now(UTC):
+        raise unauthorized("Invalid or expired session")
+    if row["revoked_at"] is not None:
+        if row["revoked_reason"] == "new_login":
+            raise ApiError(401, "session_invalidated", "Session invalidated", sessionInvalidated=True,
+                           message="You signed in on another device.")
+        raise unauthorized("Invalid or expired session")
+    principal = Principal(row["user_id"], row["session_id"], row["account_type"], row["role"],
+                          row["paid_status"], row["ban_status"], row["expires_at"])
+    if principal.banned and not allow_banned:
+        raise suspended()
+    return principal
+
+
+async def require_user(request: web.Request, *, allow_banned: bool = False) -> Principal:
+    principal = await authenticate(deps_of(request), bearer_token(request), allow_banned=allow_banned)
+    request["user_id"] = principal.user_id
+    return principal
+
+
+async def start_session(conn: asyncpg.Connection | asyncpg.Pool, user_id: UUID, kind: str, days: int,
+                        ip: str | None, user_agent: str | None) -> tuple[str, UUID, datetime]:
+    token = new_token()
+    expires_at = datetime.now(UTC) + timedelta(days=days)
+    session_id = await store.insert_session(conn, user_id, kind, hash_token(token), expires_at, ip, user_agent)
+    return token, session_id, expires_at

@@ -1,0 +1,71 @@
+"""Application assembly: routes, Socket.IO, and the lifetimes of the Postgres pool, Redis and S3 clients."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import boto3
+from aiohttp import web
+from botocore.config import Config
+
+from server import realtime
+from server.accounts.routes import routes as account_routes
+from server.db import create_pool
+from server.deps import DEPS, SETTINGS, Deps
+from server.errors import error_middleware
+from server.middleware import cors_middleware, request_context
+from server.ops.routes import routes as ops_routes
+from server.redis import create_redis
+from server.settings import Settings
+
+FRONTEND = Path(__file__).resolve().parent.parent / "frontend-stub"
+JSON_BODY_LIMIT = 64 * 1024  # uploads stream through their own bounded readers
+
+
+def make_s3_client(s: Settings):  # type: ignore[no-untyped-def]
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=s.s3_endpoint_url or None,
+        region_name=s.s3_region,
+        aws_access_key_id=s.s3_access_key or None,
+        aws_secret_access_key=s.s3_secret_key or None,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, max_pool_connections=32,
+                      retries={"max_attempts": 3, "mode": "standard"}),
+    )
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    s = app[SETTINGS]
+    db = await create_pool(s.database_url, s.db_pool_min, s.db_pool_max)
+    redis = create_redis(s.redis_url)
+    s3 = await asyncio.to_thread(make_s3_client, s)
+    deps = Deps(settings=s, db=db, redis=redis, s3=s3)
+    app[DEPS] = deps
+    await realtime.start(app, deps)
+    try:
+        yield
+    finally:
+        await realtime.stop(app)
+        await redis.aclose()
+        await db.close()
+
+
+async def _index(_request: web.Request) -> web.FileResponse:
+    return web.FileResponse(FRONTEND / "index.html")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        client_max_size=JSON_BODY_LIMIT,
+        middlewares=[request_context, cors_middleware(settings.allowed_origins), error_middleware],
+    )
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_resources)
+    app.add_routes(ops_routes)
+    app.add_routes(account_routes)
+    realtime.attach(app, settings)
+    app.router.add_get("/", _index)
+    app.router.add_static("/static/", FRONTEND, follow_symlinks=False)
+    return app

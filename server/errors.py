@@ -1,0 +1,72 @@
+"""One error type for the whole API and the middleware that renders every error as JSON.
+
+The `error` strings are the original server's: the unmodified client matches substrings of them
+(PROTOCOL.md §1.3). `code` is our stable machine-readable addition (§7 E10).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+    def response(self) -> web.Response:
+        return web.json_response({"error": self.message, "code": self.code, **self.extra}, status=self.status)
+
+
+# Shorthands for the errors many routes share.
+def unauthorized(message: str = "Authorization required", **extra: Any) -> ApiError:
+    return ApiError(401, "unauthorized", message, **extra)
+
+
+def bad_request(message: str, code: str = "invalid_request", **extra: Any) -> ApiError:
+    return ApiError(400, code, message, **extra)
+
+
+def not_found(message: str = "Not found", code: str = "not_found") -> ApiError:
+    return ApiError(404, code, message)
+
+
+def rate_limited(message: str, retry_after: int, code: str = "rate_limited", **extra: Any) -> ApiError:
+    return ApiError(429, code, message, retryAfter=retry_after, **extra)
+
+
+_HTTP_CODES = {
+    400: ("invalid_request", "Bad request"),
+    401: ("unauthorized", "Authorization required"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    413: ("payload_too_large", "Request body too large"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code, message = _HTTP_CODES.get(exc.status, ("http_error", exc.reason))
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
+        resp = web.json_response({"error": message, "code": code}, status=exc.status, headers=headers)
+        return resp
+    except Exception:
+        log.exception("unhandled_error", path=request.path, method=request.method)
+        return web.json_response({"error": "Internal server error", "code": "internal"}, status=500)

@@ -1,0 +1,32 @@
+"""Redis client and the Lua script helper.
+
+Every multi-key transition is one Lua script so it is atomic across nodes. A domain declares its
+scripts next to the code that calls them with `Script("...lua source...")`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+
+def create_redis(url: str) -> aioredis.Redis:
+    return aioredis.from_url(url, decode_responses=True, health_check_interval=30)
+
+
+class Script:
+    """EVALSHA with a transparent SCRIPT LOAD on a cold server (e.g. after a Redis restart)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, client: aioredis.Redis, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)

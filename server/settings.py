@@ -1,0 +1,109 @@
+"""All configuration, read once from the environment. Defaults are the local stack (`make run`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+# Fixed loopback ports of the local stack (below the ephemeral range, see ENVIRONMENT.md).
+LOCAL_PORTS = {"postgres": 15432, "redis": 16379, "s3": 19000, "turn": 13478, "app": 8080}
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Network
+    host: str = "127.0.0.1"
+    port: int = LOCAL_PORTS["app"]
+    public_url: str = f"http://127.0.0.1:{LOCAL_PORTS['app']}"
+    frontend_url: str = f"http://127.0.0.1:{LOCAL_PORTS['app']}"
+    allowed_origins: tuple[str, ...] = (
+        f"http://127.0.0.1:{LOCAL_PORTS['app']}",
+        f"http://localhost:{LOCAL_PORTS['app']}",
+        "http://localhost:3000",
+    )
+    trusted_proxy_hops: int = 0
+
+    # Stores
+    database_url: str = f"postgresql://postgres@127.0.0.1:{LOCAL_PORTS['postgres']}/napalm"
+    db_pool_min: int = 2
+    db_pool_max: int = 20
+    redis_url: str = f"redis://127.0.0.1:{LOCAL_PORTS['redis']}/0"
+    s3_endpoint_url: str = f"http://127.0.0.1:{LOCAL_PORTS['s3']}"
+    s3_bucket: str = "napalm-media"
+    s3_region: str = "us-east-1"
+    s3_access_key: str = "local"
+    s3_secret_key: str = "local-secret"
+    s3_sse: str = ""  # e.g. "AES256" or "aws:kms" where the store supports it
+    media_cdn_base: str = ""  # if set, media URLs are <base>/<key> instead of presigned GETs
+    media_url_ttl_seconds: int = 3600
+
+    # TURN (coturn shared-secret REST scheme)
+    turn_secret: str = "local-turn-secret-change-me"
+    turn_realm: str = "napalm.local"
+    turn_urls: tuple[str, ...] = (
+        f"turn:127.0.0.1:{LOCAL_PORTS['turn']}?transport=udp",
+        f"turn:127.0.0.1:{LOCAL_PORTS['turn']}?transport=tcp",
+    )
+    stun_urls: tuple[str, ...] = (f"stun:127.0.0.1:{LOCAL_PORTS['turn']}",)
+    turn_ttl_seconds: int = 3600
+    turn_rate_per_hour: int = 60
+
+    # Stripe
+    stripe_secret_key: str = ""
+    stripe_webhook_secret: str = ""
+    stripe_api_base: str = ""
+    price_cents: int = 50
+    price_currency: str = "usd"
+
+    # Accounts
+    bcrypt_rounds: int = 12
+    guest_session_days: int = 7
+    login_session_days: int = 30
+    login_max_failures_per_ip: int = 6
+    login_max_failures_per_account: int = 10
+    login_failure_window_seconds: int = 600
+    guest_signups_per_ip_per_hour: int = 30
+    code_attempts_per_ip_per_hour: int = 5
+    require_payment: bool = True
+
+    # Realtime
+    max_sockets: int = 5000
+
+    # Ops
+    log_format: str = "console"  # "json" in production
+    log_level: str = "INFO"
+    node_id: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from NAPALM-style upper-case variables (e.g. DATABASE_URL, TURN_URLS)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is None:
+                continue
+            default = getattr(cls, f.name, None) if f.name != "node_id" else ""
+            if isinstance(default, bool):
+                values[f.name] = _bool(raw)
+            elif isinstance(default, int):
+                values[f.name] = int(raw)
+            elif isinstance(default, tuple):
+                values[f.name] = _split(raw)
+            else:
+                values[f.name] = raw
+        values.update(overrides)
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)

@@ -1,0 +1,100 @@
+"""Test session: real Postgres, Redis, S3 server and coturn on free loopback ports, started once.
+
+Integration tests get a fresh app per test and a clean state (tables truncated, Redis flushed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from server.settings import Settings
+from server.stack import Stack, free_port
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    root = Path(tempfile.mkdtemp(prefix="napalm-test-"))
+    base = 21000 + (os.getpid() % 50) * 200  # a relay range of our own, below the ephemeral range
+    st = Stack(root=root, ports={n: free_port() for n in ("postgres", "redis", "s3", "turn")}, durable=False,
+               turn_secret="test-turn-secret", turn_realm="napalm.test", relay_ports=(base, base + 199))
+    st.up()
+    try:
+        settings = Settings.from_env(st.env())
+        from server.__main__ import _prepare, ensure_bucket
+
+        asyncio.run(_prepare(settings))
+        ensure_bucket(settings)
+        yield st
+    finally:
+        st.down()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def base_settings(stack: Stack) -> Settings:
+    return Settings.from_env(
+        stack.env(),
+        bcrypt_rounds=4,  # cost 12 in production; tests check the setting is honoured, not the CPU cost
+        log_format="console",
+        log_level="WARNING",
+        login_failure_window_seconds=2,
+        allowed_origins=("http://localhost:3000", "http://127.0.0.1:8080"),
+    )
+
+
+@pytest.fixture
+def settings(base_settings: Settings) -> Settings:
+    return base_settings
+
+
+async def reset_state(settings: Settings) -> None:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        tables = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'schema_migrations'")
+        if tables:
+            await conn.execute(f"TRUNCATE {', '.join(t['tablename'] for t in tables)} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+    import redis.asyncio as aioredis
+
+    r = aioredis.from_url(settings.redis_url)
+    try:
+        await r.flushdb()
+    finally:
+        await r.aclose()
+
+
+@pytest.fixture
+async def client(settings: Settings, aiohttp_client: Any) -> AsyncIterator[Any]:
+    from server.app import create_app
+
+    await reset_state(settings)
+    yield await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+async def db(client: Any, settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection for assertions on what was (not) written."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
