@@ -55,6 +55,8 @@ class Settings:
         f"turn:127.0.0.1:{LOCAL_PORTS['turn']}?transport=tcp",
     )
     stun_urls: tuple[str, ...] = (f"stun:127.0.0.1:{LOCAL_PORTS['turn']}",)
+    # TURN over TLS (e.g. "turns:turn.example.com:443?transport=tcp"); empty on the local stack (no TLS).
+    turns_urls: tuple[str, ...] = ()
     turn_ttl_seconds: int = 3600
     turn_rate_per_hour: int = 60
 

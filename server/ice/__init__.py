@@ -1,0 +1,1 @@
+"""ICE configuration for clients: STUN/TURN servers and ephemeral coturn credentials."""
