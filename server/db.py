@@ -63,7 +63,8 @@ async def migrate(dsn: str, schema_dir: Path = SCHEMA_DIR) -> list[str]:
                        checksum text NOT NULL,
                        applied_at timestamptz NOT NULL DEFAULT now())"""
             )
-            done = {r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+            rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+            done = {r["version"]: r["checksum"] for r in rows}
             for m in load_migrations(schema_dir):
                 if m.version in done:
                     if done[m.version] != m.checksum:

@@ -15,7 +15,8 @@ log = structlog.get_logger(__name__)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+    def __init__(self, status: int, code: str, message: str, /, **extra: Any) -> None:
+        # Positional-only, so a `message=` keyword lands in the body's optional `message` field (§1.3).
         super().__init__(message)
         self.status = status
         self.code = code
@@ -27,11 +28,11 @@ class ApiError(Exception):
 
 
 # Shorthands for the errors many routes share.
-def unauthorized(message: str = "Authorization required", **extra: Any) -> ApiError:
+def unauthorized(message: str = "Authorization required", /, **extra: Any) -> ApiError:
     return ApiError(401, "unauthorized", message, **extra)
 
 
-def bad_request(message: str, code: str = "invalid_request", **extra: Any) -> ApiError:
+def bad_request(message: str, /, code: str = "invalid_request", **extra: Any) -> ApiError:
     return ApiError(400, code, message, **extra)
 
 
@@ -39,7 +40,7 @@ def not_found(message: str = "Not found", code: str = "not_found") -> ApiError:
     return ApiError(404, code, message)
 
 
-def rate_limited(message: str, retry_after: int, code: str = "rate_limited", **extra: Any) -> ApiError:
+def rate_limited(message: str, retry_after: int, /, code: str = "rate_limited", **extra: Any) -> ApiError:
     return ApiError(429, code, message, retryAfter=retry_after, **extra)
 
 

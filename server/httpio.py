@@ -9,11 +9,15 @@ from __future__ import annotations
 import ipaddress
 import json
 from typing import Any
+from uuid import UUID
 
 from aiohttp import web
 from jsonschema import Draft202012Validator
 
 from server.errors import ApiError, bad_request
+
+# The authenticated user of a request, set by the auth function and read by the access log.
+USER_ID = web.RequestKey("user_id", UUID)
 
 _validators: dict[int, Draft202012Validator] = {}
 
@@ -80,4 +84,4 @@ def bearer_token(request: web.Request) -> str | None:
     return header or None
 
 
-__all__ = ["ApiError", "bearer_token", "client_ip", "read_json", "validate"]
+__all__ = ["USER_ID", "ApiError", "bearer_token", "client_ip", "read_json", "validate"]

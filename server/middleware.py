@@ -10,6 +10,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from server.httpio import USER_ID
+
 log = structlog.get_logger("access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -28,7 +30,7 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
     if not response.prepared:
         response.headers["X-Request-ID"] = request_id
     if request.path not in ("/health", "/ready", "/metrics"):
-        user_id = request.get("user_id")
+        user_id = request.get(USER_ID)
         log.info("request", method=request.method, path=request.path, status=response.status,
                  ms=round((time.perf_counter() - started) * 1000, 1),
                  **({"user_id": str(user_id)} if user_id else {}))

@@ -20,14 +20,16 @@ GUEST_SCHEMA = {
     "type": "object",
     "required": ["name", "gender"],
     "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": 200, "x-error": "Name is required"},
+        # Length is checked after trimming (the body limit bounds the raw size).
+        "name": {"type": "string", "minLength": 1, "x-error": "Name is required"},
         "gender": {"enum": GENDERS, "x-error": "Invalid gender"},
         "referralCode": {"type": ["string", "null"], "maxLength": 64},
         "inviteCode": {"type": ["string", "null"], "maxLength": 64, "x-error": "Invalid invite code format"},
     },
 }
 CREDENTIALS = {
-    "email": {"type": "string", "maxLength": 254, "pattern": EMAIL_PATTERN, "x-error": "A valid email is required"},
+    "email": {"type": "string", "maxLength": 254, "pattern": EMAIL_PATTERN,
+              "x-error": "A valid email is required"},
     "password": {"type": "string", "minLength": 1, "maxLength": 1024, "x-error": "Password is required"},
 }
 LINK_SCHEMA = {"type": "object", "required": ["email", "password"],
@@ -73,7 +75,8 @@ async def link(request: web.Request) -> web.Response:
     deps = deps_of(request)
     # The original client sends the token in the body; newer clients may use the header (E6).
     principal = await authenticate(deps, body.get("sessionToken") or bearer_token(request))
-    return web.json_response(await service.link(deps, principal, body["email"].strip().lower(), body["password"]))
+    result = await service.link(deps, principal, body["email"].strip().lower(), body["password"])
+    return web.json_response(result)
 
 
 @routes.post("/auth/login")

@@ -55,7 +55,8 @@ async def guest_signup(deps: Deps, client: Client, name: str, gender: str,
     async with deps.db.acquire() as conn, conn.transaction():
         user = await store.insert_guest(
             conn, name, gender,
-            ref["target_user_id"] if ref else None, ref["created_by"] if ref else None, ref["code"] if ref else None,
+            ref["target_user_id"] if ref else None, ref["created_by"] if ref else None,
+            ref["code"] if ref else None,
         )
         if invite_code:
             await codes.redeem(conn, invite_code, user["id"])  # raises -> the whole signup rolls back
@@ -97,7 +98,8 @@ async def link(deps: Deps, principal: Principal, email: str, password: str) -> d
     return {"success": True, "accountType": "permanent"}
 
 
-async def login(deps: Deps, client: Client, email: str, password: str) -> tuple[dict[str, Any], UUID, list[UUID]]:
+async def login(deps: Deps, client: Client, email: str,
+                password: str) -> tuple[dict[str, Any], UUID, list[UUID]]:
     """Returns the response, the user id, and the sessions this login invalidated."""
     s = deps.settings
     ip_key, acct_key = f"login:ip:{client.ip}", f"login:acct:{email}"

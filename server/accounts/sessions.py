@@ -14,7 +14,7 @@ from aiohttp import web
 from server.accounts import store
 from server.deps import Deps, deps_of
 from server.errors import ApiError, unauthorized
-from server.httpio import bearer_token
+from server.httpio import USER_ID, bearer_token
 
 BANNED_STATUSES = ("temporary", "permanent")
 
@@ -72,7 +72,7 @@ async def authenticate(deps: Deps, token: str | None, *, allow_banned: bool = Fa
 
 async def require_user(request: web.Request, *, allow_banned: bool = False) -> Principal:
     principal = await authenticate(deps_of(request), bearer_token(request), allow_banned=allow_banned)
-    request["user_id"] = principal.user_id
+    request[USER_ID] = principal.user_id
     return principal
 
 
@@ -80,5 +80,6 @@ async def start_session(conn: asyncpg.Connection | asyncpg.Pool, user_id: UUID, 
                         ip: str | None, user_agent: str | None) -> tuple[str, UUID, datetime]:
     token = new_token()
     expires_at = datetime.now(UTC) + timedelta(days=days)
-    session_id = await store.insert_session(conn, user_id, kind, hash_token(token), expires_at, ip, user_agent)
+    session_id = await store.insert_session(conn, user_id, kind, hash_token(token), expires_at, ip,
+                                            user_agent)
     return token, session_id, expires_at

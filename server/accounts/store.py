@@ -37,7 +37,8 @@ async def find_login(conn: Conn, email: str) -> asyncpg.Record | None:
 
 
 async def link_account(conn: Conn, user_id: UUID, email: str, password_hash: str) -> bool:
-    """Make a guest permanent. False if the user is already permanent; raises UniqueViolation on a taken email."""
+    """Make a guest permanent. False if the user is already permanent;
+    raises UniqueViolation on a taken email."""
     row = await conn.fetchrow(
         """UPDATE users SET account_type = 'permanent', email = $2, password_hash = $3, updated_at = now()
            WHERE id = $1 AND account_type = 'guest' RETURNING id""",
@@ -98,7 +99,8 @@ async def revoke_session(conn: Conn, session_id: UUID, reason: str) -> bool:
     return status.endswith(" 1")
 
 
-async def revoke_user_sessions(conn: Conn, user_id: UUID, reason: str, keep: UUID | None = None) -> list[UUID]:
+async def revoke_user_sessions(conn: Conn, user_id: UUID, reason: str,
+                               keep: UUID | None = None) -> list[UUID]:
     rows = await conn.fetch(
         """UPDATE sessions SET revoked_at = now(), revoked_reason = $2
            WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > now() AND id IS DISTINCT FROM $3
@@ -109,4 +111,5 @@ async def revoke_user_sessions(conn: Conn, user_id: UUID, reason: str, keep: UUI
 
 
 async def extend_session(conn: Conn, session_id: UUID, kind: str, expires_at: datetime) -> None:
-    await conn.execute("UPDATE sessions SET kind = $2, expires_at = $3 WHERE id = $1", session_id, kind, expires_at)
+    await conn.execute("UPDATE sessions SET kind = $2, expires_at = $3 WHERE id = $1",
+                       session_id, kind, expires_at)

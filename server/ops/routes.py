@@ -39,4 +39,5 @@ async def ready(request: web.Request) -> web.Response:
     except Exception as exc:
         checks["redis"] = f"error: {type(exc).__name__}"
     ok = all(v == "ok" for v in checks.values())
-    return web.json_response({"status": "ready" if ok else "not_ready", "checks": checks}, status=200 if ok else 503)
+    return web.json_response({"status": "ready" if ok else "not_ready", "checks": checks},
+                             status=200 if ok else 503)
