@@ -66,6 +66,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(ops_routes)
     app.add_routes(account_routes)
     app.add_routes(__import__("server.ice.routes", fromlist=["routes"]).routes)
+    app.add_routes(__import__("server.media.routes", fromlist=["routes"]).routes)
     realtime.attach(app, settings)
     app.router.add_get("/", _index)
     app.router.add_static("/static/", FRONTEND, follow_symlinks=False)
