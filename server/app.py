@@ -12,11 +12,15 @@ from botocore.config import Config
 
 from server import realtime
 from server.accounts.routes import routes as account_routes
+from server.calls.routes import routes as call_routes
 from server.db import create_pool
 from server.deps import DEPS, SETTINGS, Deps
 from server.errors import error_middleware
+from server.ice.routes import routes as ice_routes
+from server.media.routes import routes as media_routes
 from server.middleware import cors_middleware, request_context
 from server.ops.routes import routes as ops_routes
+from server.presence.routes import routes as presence_routes
 from server.redis import create_redis
 from server.settings import Settings
 
@@ -65,8 +69,10 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_resources)
     app.add_routes(ops_routes)
     app.add_routes(account_routes)
-    app.add_routes(__import__("server.ice.routes", fromlist=["routes"]).routes)
-    app.add_routes(__import__("server.media.routes", fromlist=["routes"]).routes)
+    app.add_routes(call_routes)
+    app.add_routes(presence_routes)
+    app.add_routes(ice_routes)
+    app.add_routes(media_routes)
     realtime.attach(app, settings)
     app.router.add_get("/", _index)
     app.router.add_static("/static/", FRONTEND, follow_symlinks=False)

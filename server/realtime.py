@@ -1,21 +1,40 @@
-"""Socket.IO server: handshake authentication and dispatch to the domains' event handlers."""
+"""Socket.IO server: handshake authentication, the `auth` event, (re)binding sockets to users with
+resume (§7 E3), and the wrapper every client event goes through (auth, rate, size, schema)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import time
 from typing import Any
 
 import socketio
 import structlog
 from aiohttp import web
 
-from server.accounts.sessions import authenticate
+from server import emit
+from server.accounts.sessions import Principal, authenticate
+from server.calls import departures, invites, rooms, state
+from server.calls import events as _call_events  # noqa: F401  (registers handlers)
+from server.calls.cooldowns import rebuild_if_lost
 from server.deps import Deps
+from server.emit import Sender
 from server.errors import ApiError
+from server.events import EVENTS, EventSpec, obj
+from server.httpio import validate
+from server.presence import events as _presence_events  # noqa: F401  (registers handlers)
+from server.presence import state as presence
 from server.settings import Settings
+from server.timers import Sweeper, now_ms
 
 log = structlog.get_logger(__name__)
 SIO = web.AppKey("sio", socketio.AsyncServer)
+REALTIME = web.AppKey("realtime", object)
+
+AUTH_SCHEMA = obj([], sessionToken={"type": "string", "maxLength": 512},
+                  capabilities={"type": "array", "maxItems": 16, "items": {"type": "string", "maxLength": 32}})
+KNOWN_CAPS = frozenset({"deadline", "resume", "typed-errors", "busy"})
 
 
 def attach(app: web.Application, settings: Settings) -> socketio.AsyncServer:
@@ -23,7 +42,7 @@ def attach(app: web.Application, settings: Settings) -> socketio.AsyncServer:
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
         client_manager=manager,
-        cors_allowed_origins=list(settings.allowed_origins),
+        cors_allowed_origins=list(settings.allowed_origins),  # Origin allow-list on the handshake
         ping_interval=25,
         ping_timeout=60,
         max_http_buffer_size=1_000_000,
@@ -35,29 +54,245 @@ def attach(app: web.Application, settings: Settings) -> socketio.AsyncServer:
     return sio
 
 
+class _Bucket:
+    __slots__ = ("last", "tokens", "warned")
+
+    def __init__(self, burst: int) -> None:
+        self.tokens = float(burst)
+        self.last = time.monotonic()
+        self.warned = 0.0
+
+
+class Realtime:
+    def __init__(self, deps: Deps, sio: socketio.AsyncServer) -> None:
+        self.deps = deps
+        self.sio = sio
+        self.local: dict[str, Sender] = {}  # authenticated sockets on this node
+        self.buckets: dict[str, _Bucket] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.sweeper = Sweeper(deps, {
+            "invite": invites.expire,
+            "deadline": rooms.on_deadline,
+            "grace": departures.on_grace,
+            "persist": rooms.on_persist,
+        }, on_dead_sid=lambda d, sid: departures.socket_gone(d, sid, explicit=False))
+        sio.on("connect", self.on_connect)
+        sio.on("disconnect", self.on_disconnect)
+        sio.on("auth", self.on_auth)
+        for spec in EVENTS.values():
+            sio.on(spec.name, self._wrap(spec))
+
+    # ---- connection ----
+    async def on_connect(self, sid: str, _environ: dict[str, Any], auth: Any = None) -> None:
+        s = self.deps.settings
+        if len(self.buckets) >= s.max_sockets:
+            raise socketio.exceptions.ConnectionRefusedError("Server at capacity, please try again shortly")
+        self.buckets[sid] = _Bucket(s.socket_event_burst)
+        token = auth.get("token") if isinstance(auth, dict) else None
+        if not isinstance(token, str) or not token:
+            return  # unauthenticated until the `auth` event (§3.1)
+        try:
+            principal = await authenticate(self.deps, token)
+        except ApiError as exc:
+            if exc.code == "banned":
+                self.buckets.pop(sid, None)
+                raise socketio.exceptions.ConnectionRefusedError("Account suspended") from None
+            return  # the later `auth` event gets auth:failed
+        caps = _caps(auth)
+        # Emits are only delivered once the CONNECT packet is out: bind right after this handler.
+        self._spawn(self._bind_when_connected(sid, principal, caps))
+
+    async def _bind_when_connected(self, sid: str, principal: Principal, caps: frozenset[str]) -> None:
+        for _ in range(200):
+            if self.sio.manager.is_connected(sid, "/"):
+                break
+            await asyncio.sleep(0.005)
+        else:
+            return
+        try:
+            await self.bind(sid, principal, caps)
+        except Exception:
+            log.exception("bind_failed", sid=sid)
+
+    async def on_auth(self, sid: str, data: Any = None) -> None:
+        data = data if isinstance(data, dict) else {}
+        try:
+            validate(data, AUTH_SCHEMA)
+            principal = await authenticate(self.deps, data.get("sessionToken"))
+        except ApiError as exc:
+            if exc.code == "banned":
+                await emit.to_sid(self.deps, sid, "auth:banned", {"message": exc.extra.get("message", exc.message),
+                                                                  "banned": True})
+                await self.sio.disconnect(sid)
+                return
+            await emit.to_sid(self.deps, sid, "auth:failed", {"message": exc.message})
+            return
+        await self.bind(sid, principal, _caps(data))
+
+    async def bind(self, sid: str, principal: Principal, caps: frozenset[str]) -> None:
+        uid, sess = str(principal.user_id), str(principal.session_id)
+        current = self.local.get(sid)
+        if current is not None and current.user_id == uid:
+            current.caps = caps or current.caps
+            await emit.to_sid(self.deps, sid, "auth:success", {"userId": uid, "serverNow": now_ms()})
+            return
+        if current is not None:  # the same socket now speaks for another account
+            await self._unbind(sid, explicit=True)
+        sender = Sender(sid, uid, sess, caps)
+        self.local[sid] = sender
+        await self.sio.enter_room(sid, emit.user_room(uid))
+        await self.sio.enter_room(sid, emit.session_room(sess))
+        arrival = await presence.add_socket(self.deps.redis, uid, sid, self.deps.settings.node_id, sess)
+        structlog.contextvars.bind_contextvars(user_id=uid)
+        await emit.to_sid(self.deps, sid, "auth:success", {"userId": uid, "serverNow": now_ms()})
+        if arrival.first_socket:
+            await emit.to_queue(self.deps, "presence:update", {"userId": uid, "online": True, "available": False})
+        await self._resume(sender, arrival)
+
+    async def _resume(self, sender: Sender, arrival: presence.Arrival) -> None:
+        """E3: put a (re)connected socket back into its call and replay what it missed."""
+        deps, sid, uid = self.deps, sender.sid, sender.user_id
+        if arrival.room_id:
+            room = await state.get_room(deps.redis, arrival.room_id)
+            if room.get("state") == "active":
+                partner = room["b"] if room["a"] == uid else room["a"]
+                await self.sio.enter_room(sid, emit.member_room(arrival.room_id, uid))
+                peer = await _peer_card(deps, partner)
+                await emit.to_sid(deps, sid, "call:resume", {
+                    "roomId": arrival.room_id, "peerUser": peer, "isInitiator": room["a"] == uid,
+                    "agreedSeconds": int(room["agreed"]), "endsAt": int(room["deadline"]), "serverNow": now_ms()})
+                if arrival.was_away:
+                    await emit.to_member(deps, arrival.room_id, partner, "room:partner-reconnected", {"userId": uid})
+        if arrival.finalized:
+            session_id, _, _room = arrival.finalized.partition("|")
+            await emit.to_sid(deps, sid, "session:finalized", {"sessionId": session_id})
+        if arrival.incoming_invite:
+            await _renotify(deps, sid, arrival.incoming_invite)
+
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        self.buckets.pop(sid, None)
+        explicit = reason == self.sio.reason.CLIENT_DISCONNECT
+        await self._unbind(sid, explicit)
+
+    async def _unbind(self, sid: str, explicit: bool) -> None:
+        if self.local.pop(sid, None) is None:
+            return
+        try:
+            await departures.socket_gone(self.deps, sid, explicit)
+        except Exception:
+            log.exception("disconnect_cleanup_failed", sid=sid)
+
+    # ---- every client event ----
+    def _wrap(self, spec: EventSpec) -> Any:
+        async def handler(sid: str, data: Any = None) -> None:
+            deps = self.deps
+            sender = self.local.get(sid)
+            if sender is None:
+                msg = "Please wait for authentication to complete" if spec.name == "call:invite" \
+                    else "Not authenticated"
+                return await emit.call_error(deps, sid, "NOT_AUTHENTICATED", msg)
+            if not self._take(sid):
+                return None
+            try:
+                size = len(json.dumps(data)) if data is not None else 0
+            except (TypeError, ValueError):
+                size = spec.max_bytes + 1
+            if size > spec.max_bytes:
+                return await emit.call_error(deps, sid, "PAYLOAD_TOO_LARGE", f"{spec.name} payload too large")
+            try:
+                validate(data if data is not None else {}, spec.schema)
+            except ApiError as exc:
+                return await emit.call_error(deps, sid, "INVALID_PAYLOAD", f"{spec.name}: {exc.message}")
+            try:
+                await spec.handler(deps, sender, data if isinstance(data, dict) else {})
+            except Exception:
+                log.exception("event_failed", event_name=spec.name, sid=sid)
+                await emit.call_error(deps, sid, "INTERNAL", "Something went wrong")
+            return None
+
+        return handler
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _take(self, sid: str) -> bool:
+        """Token bucket per socket: excess events are dropped with one RATE_LIMITED notice per second."""
+        s = self.deps.settings
+        b = self.buckets.get(sid)
+        if b is None:
+            return False
+        now = time.monotonic()
+        b.tokens = min(float(s.socket_event_burst), b.tokens + (now - b.last) * s.socket_events_per_second)
+        b.last = now
+        if b.tokens >= 1:
+            b.tokens -= 1
+            return True
+        if now - b.warned >= 1:
+            b.warned = now
+            self._spawn(emit.call_error(self.deps, sid, "RATE_LIMITED", "Too many events, slow down"))
+        return False
+
+    async def shutdown(self) -> None:
+        await self.sweeper.stop()
+        # Our sockets are about to vanish with the process: let the others apply the grace rules.
+        for sid in list(self.local):
+            await self._unbind(sid, explicit=False)
+
+
+def _caps(auth: Any) -> frozenset[str]:
+    raw = auth.get("capabilities") if isinstance(auth, dict) else None
+    if not isinstance(raw, list):
+        return frozenset()
+    return frozenset(c for c in raw if isinstance(c, str) and c in KNOWN_CAPS)
+
+
+async def _peer_card(deps: Deps, user_id: str) -> dict[str, Any]:
+    from server.calls import store
+    from server.media.urls import media_url
+
+    u = (await store.users_by_id(deps.db, [user_id])).get(user_id)
+    if u is None:
+        return {"userId": user_id, "name": ""}
+    return {"userId": user_id, "name": u["name"], "gender": u["gender"], "selfieUrl": media_url(deps, u["selfie_key"])}
+
+
+async def _renotify(deps: Deps, sid: str, invite_id: str) -> None:
+    """E3(d): a callee who reconnects sees the pending invite again if more than 5 s are left."""
+    inv = await state.get_invite(deps.redis, invite_id)
+    if not inv:
+        return
+    left = int(inv["window_end"]) - now_ms()
+    if left <= 5000:
+        return
+    caller = await _peer_card(deps, inv["from"])
+    from server.calls import store
+    from server.media.urls import media_url
+
+    u = (await store.users_by_id(deps.db, [inv["from"]])).get(inv["from"])
+    if u is not None:
+        caller["videoUrl"] = media_url(deps, u["video_key"])
+    await emit.to_sid(deps, sid, "call:notify", {"inviteId": invite_id, "fromUser": caller,
+                                                 "requestedSeconds": int(inv["s1"]), "ttlMs": left,
+                                                 "expiresAt": int(inv["window_end"])})
+
+
 async def start(app: web.Application, deps: Deps) -> None:
     sio = app[SIO]
     deps.sio = sio
-
-    @sio.event
-    async def connect(sid: str, environ: dict[str, Any], auth: Any) -> None:
-        token = auth.get("token") if isinstance(auth, dict) else None
-        if not isinstance(token, str):
-            return  # accepted unauthenticated; waits for the `auth` event (PROTOCOL §3.1)
-        try:
-            principal = await authenticate(deps, token)
-        except ApiError as exc:
-            if exc.code == "banned":
-                raise socketio.exceptions.ConnectionRefusedError("Account suspended") from None
-            return
-        await sio.save_session(sid, {"user_id": str(principal.user_id)})
-        await sio.emit("auth:success", {"userId": str(principal.user_id)}, to=sid)
+    rt = Realtime(deps, sio)
+    app[REALTIME] = rt
+    await rebuild_if_lost(deps)
+    rt.sweeper.start()
 
 
 async def stop(app: web.Application) -> None:
+    rt = app.get(REALTIME)
+    if isinstance(rt, Realtime):
+        await rt.shutdown()
     sio = app[SIO]
-    manager = sio.manager
-    task = getattr(manager, "thread", None)
+    task = getattr(sio.manager, "thread", None)
     if task is not None:
         task.cancel()
         with contextlib.suppress(BaseException):

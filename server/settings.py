@@ -78,8 +78,20 @@ class Settings:
     code_attempts_per_ip_per_hour: int = 5
     require_payment: bool = True
 
-    # Realtime
-    max_sockets: int = 5000
+    # Realtime (PROTOCOL.md §5). Tests shorten the waits; the protocol values are the defaults.
+    max_sockets: int = 5000  # per node
+    invite_ttl_ms: int = 20_000  # advertised to the callee as ttlMs
+    invite_expiry_grace_ms: int = 5_000  # the old callee's own auto-decline lands first
+    invite_extension_ms: int = 20_000
+    invite_max_extensions: int = 3
+    invites_per_minute: int = 20
+    disconnect_grace_seconds: float = 15.0
+    call_setup_allowance_ms: int = 90_000  # E1: deadline = startedAt + agreed + this
+    timer_poll_seconds: float = 0.2
+    node_heartbeat_seconds: float = 1.0
+    node_dead_after_seconds: float = 6.0
+    socket_events_per_second: int = 40  # token bucket per socket (ICE trickle bursts fit)
+    socket_event_burst: int = 120
 
     # Ops
     log_format: str = "console"  # "json" in production
@@ -98,6 +110,8 @@ class Settings:
             default = getattr(cls, f.name, None) if f.name != "node_id" else ""
             if isinstance(default, bool):
                 values[f.name] = _bool(raw)
+            elif isinstance(default, float):
+                values[f.name] = float(raw)
             elif isinstance(default, int):
                 values[f.name] = int(raw)
             elif isinstance(default, tuple):

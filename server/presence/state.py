@@ -1,26 +1,175 @@
-"""Presence in Redis: a user is online while at least one authenticated socket of theirs exists."""
+"""Presence in Redis, per socket (§3.5): a user is online while at least one authenticated socket
+of theirs exists on any live node.
+
+Keys: u:<uid>:socks (set of sids), sid:<sid> (hash uid/node/sess), node:<node>:sids,
+sess:<sessionId>:sids, nodes (hash node -> last heartbeat ms), online (set of uids),
+available (set of uids in the deck).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from server.redis import Script
+
 
 def sockets_key(user_id: str) -> str:
-    return f"user:{user_id}:sockets"
+    return f"u:{user_id}:socks"
+
+
+_SOCKET_ADD = Script(
+    """
+    local uid, sid, node, sess = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+    local socks = 'u:' .. uid .. ':socks'
+    local fresh = redis.call('SCARD', socks) == 0
+    redis.call('SADD', socks, sid)
+    redis.call('HSET', 'sid:' .. sid, 'uid', uid, 'node', node, 'sess', sess)
+    redis.call('SADD', 'node:' .. node .. ':sids', sid)
+    redis.call('SADD', 'sess:' .. sess .. ':sids', sid)
+    redis.call('SADD', 'online', uid)
+    local was_away = redis.call('DEL', 'u:' .. uid .. ':away')
+    redis.call('ZREM', 'timers', 'grace:' .. uid)
+    local room = redis.call('GET', 'u:' .. uid .. ':room') or ''
+    local final = redis.call('GET', 'u:' .. uid .. ':final') or ''
+    if final ~= '' then redis.call('DEL', 'u:' .. uid .. ':final') end
+    local incoming = redis.call('GET', 'u:' .. uid .. ':in') or ''
+    return {fresh and 1 or 0, was_away, room, final, incoming}
+    """
+)
+
+# ARGV: sid, explicit ('1' = the client closed the socket itself), grace due (ms)
+_SOCKET_REMOVE = Script(
+    """
+    local sid = ARGV[1]
+    local uid = redis.call('HGET', 'sid:' .. sid, 'uid')
+    if not uid then return {} end
+    local info = redis.call('HMGET', 'sid:' .. sid, 'node', 'sess')
+    redis.call('DEL', 'sid:' .. sid)
+    redis.call('SREM', 'node:' .. info[1] .. ':sids', sid)
+    redis.call('SREM', 'sess:' .. info[2] .. ':sids', sid)
+    local socks = 'u:' .. uid .. ':socks'
+    redis.call('SREM', socks, sid)
+    if redis.call('SCARD', socks) > 0 then return {uid, 0, '', 0, 'none'} end
+    redis.call('SREM', 'online', uid)
+    local was_available = redis.call('SREM', 'available', uid)
+    local room = redis.call('GET', 'u:' .. uid .. ':room') or ''
+    local pending = redis.call('EXISTS', 'u:' .. uid .. ':out') + redis.call('EXISTS', 'u:' .. uid .. ':in')
+    if room == '' and pending == 0 then return {uid, 1, room, was_available, 'none'} end
+    if ARGV[2] == '1' then return {uid, 1, room, was_available, 'now'} end
+    redis.call('SET', 'u:' .. uid .. ':away', '1')
+    redis.call('ZADD', 'timers', ARGV[3], 'grace:' .. uid)
+    return {uid, 1, room, was_available, 'grace'}
+    """
+)
+
+# Only a user who is online, has access (checked by the caller) and is not in a call can be available.
+_QUEUE_JOIN = Script(
+    """
+    local uid = ARGV[1]
+    if redis.call('SCARD', 'u:' .. uid .. ':socks') == 0 then return -1 end
+    if redis.call('EXISTS', 'u:' .. uid .. ':room') == 1 then return -2 end
+    return redis.call('SADD', 'available', uid)
+    """
+)
+
+# A node whose heartbeat is older than ARGV[1] is dead: claim its sids once (first sweeper wins).
+_REAP_NODE = Script(
+    """
+    local node, stale_before = ARGV[1], tonumber(ARGV[2])
+    local seen = tonumber(redis.call('HGET', 'nodes', node) or '0')
+    if seen >= stale_before then return {} end
+    redis.call('HDEL', 'nodes', node)
+    local sids = redis.call('SMEMBERS', 'node:' .. node .. ':sids')
+    redis.call('DEL', 'node:' .. node .. ':sids')
+    return sids
+    """
+)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    first_socket: bool  # the user just came online
+    was_away: bool  # a disconnect grace was running and is now cancelled
+    room_id: str | None
+    finalized: str | None  # "<sessionId>|<roomId>" of a call that ended while the user was away
+    incoming_invite: str | None
+
+
+@dataclass(frozen=True)
+class Departure:
+    user_id: str
+    last_socket: bool
+    room_id: str | None
+    was_available: bool
+    action: str  # none | now (explicit disconnect) | grace (timer scheduled)
+
+
+async def add_socket(redis: aioredis.Redis, user_id: str, sid: str, node: str, session_id: str) -> Arrival:
+    fresh, away, room, final, incoming = await _SOCKET_ADD(redis, [], [user_id, sid, node, session_id])
+    return Arrival(bool(fresh), bool(away), room or None, final or None, incoming or None)
+
+
+async def remove_socket(redis: aioredis.Redis, sid: str, explicit: bool, grace_due_ms: int) -> Departure | None:
+    res = await _SOCKET_REMOVE(redis, [], [sid, "1" if explicit else "0", grace_due_ms])
+    if not res:
+        return None
+    uid, last, room, was_available, action = res
+    return Departure(uid, bool(last), room or None, bool(was_available), action)
+
+
+async def join_queue(redis: aioredis.Redis, user_id: str) -> int:
+    """1 = now available, 0 = already was, -1 = offline, -2 = in a call."""
+    return int(await _QUEUE_JOIN(redis, [], [user_id]))
+
+
+async def leave_queue(redis: aioredis.Redis, user_id: str) -> bool:
+    return bool(await redis.srem("available", user_id))
 
 
 async def is_online(redis: aioredis.Redis, user_id: str) -> bool:
-    return bool(await redis.exists(sockets_key(user_id)))
+    return bool(await redis.sismember("online", user_id))
+
+
+async def is_available(redis: aioredis.Redis, user_id: str) -> bool:
+    return bool(await redis.sismember("available", user_id))
 
 
 async def online_map(redis: aioredis.Redis, user_ids: Iterable[str]) -> dict[str, bool]:
     ids = list(user_ids)
     if not ids:
         return {}
-    async with redis.pipeline(transaction=False) as pipe:
-        for uid in ids:
-            pipe.exists(sockets_key(uid))
-        found = await pipe.execute()
+    found = await redis.smismember("online", ids)
     return {uid: bool(n) for uid, n in zip(ids, found, strict=True)}
+
+
+async def available_users(redis: aioredis.Redis) -> set[str]:
+    return set(await redis.smembers("available"))
+
+
+async def online_count(redis: aioredis.Redis) -> int:
+    return int(await redis.scard("online"))
+
+
+async def user_sids(redis: aioredis.Redis, user_id: str) -> set[str]:
+    return set(await redis.smembers(sockets_key(user_id)))
+
+
+async def heartbeat(redis: aioredis.Redis, node: str, now_ms: int) -> None:
+    await redis.hset("nodes", node, now_ms)
+
+
+async def dead_nodes(redis: aioredis.Redis, stale_before_ms: int) -> list[str]:
+    nodes = await redis.hgetall("nodes")
+    return [n for n, seen in nodes.items() if int(seen) < stale_before_ms]
+
+
+async def reap_node(redis: aioredis.Redis, node: str, stale_before_ms: int) -> list[str]:
+    return list(await _REAP_NODE(redis, [], [node, stale_before_ms]))
+
+
+async def forget_node(redis: aioredis.Redis, node: str) -> list[str]:
+    """On a clean shutdown: the node's sockets are gone; return them for departure handling."""
+    return await reap_node(redis, node, 1 << 62)

@@ -1,0 +1,42 @@
+"""Pair cooldowns: durable in Postgres, mirrored in Redis for atomic checks inside the invite script.
+
+The Redis key is written inside the transition scripts (so a re-invite cannot slip in between);
+this module writes the durable copy and rebuilds Redis from Postgres when Redis lost its data.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from server.calls import store
+from server.calls.policy import COOLDOWN_REASON, pair
+from server.deps import Deps
+
+log = structlog.get_logger(__name__)
+
+
+async def persist(deps: Deps, a: str, b: str, ms: int, outcome: str) -> None:
+    if ms <= 0:
+        return
+    x, y = pair(a, b)
+    await store.upsert_cooldown(deps.db, x, y, datetime.now(UTC) + timedelta(milliseconds=ms),
+                                COOLDOWN_REASON.get(outcome, "call"))
+
+
+async def rebuild_if_lost(deps: Deps) -> int:
+    """Load live cooldowns into Redis once per Redis lifetime (the marker vanishes with the data)."""
+    if not await deps.redis.set("cooldowns:loaded", "1", nx=True):
+        return 0
+    rows = await store.live_cooldowns(deps.db)
+    now = datetime.now(UTC)
+    async with deps.redis.pipeline(transaction=False) as pipe:
+        for r in rows:
+            ms = int((r["expires_at"] - now).total_seconds() * 1000)
+            if ms > 0:
+                pipe.set(f"cd:{r['user_a']}:{r['user_b']}", "1", px=ms, nx=True)
+        await pipe.execute()
+    if rows:
+        log.info("cooldowns_rebuilt", count=len(rows))
+    return len(rows)

@@ -1,0 +1,93 @@
+"""Socket.IO handlers for invites and rooms: parse, then hand over to the domain."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.calls import invites, rooms
+from server.deps import Deps
+from server.emit import Sender
+from server.events import ID, SDP_MAX_BYTES, obj, on
+
+SECONDS: dict[str, Any] = {}  # any JSON value: numbers are clamped, anything else is invalid_duration
+SDP = {"type": "string", "maxLength": 100 * 1024}
+
+
+@on("call:invite", obj(["toUserId"], toUserId=ID, requestedSeconds=SECONDS))
+async def call_invite(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
+    await invites.invite(deps, s, d["toUserId"], d.get("requestedSeconds", 300))
+
+
+@on("call:accept", obj(["inviteId"], inviteId=ID, requestedSeconds=SECONDS))
+async def call_accept(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
+    await invites.accept(deps, s, d["inviteId"], d.get("requestedSeconds", 300))
+
+
+@on("call:decline", obj(["inviteId"], inviteId=ID, reason={"enum": ["timeout", "user", None]}))
+async def call_decline(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
+    await invites.decline(deps, s, d["inviteId"], d.get("reason"))
+
+
+@on("call:rescind", obj(["toUserId"], toUserId=ID))
+async def call_rescind(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
+    await invites.rescind(deps, s, d["toUserId"])
+
+
+@on("call:extend-wait", obj(["toUserId"], toUserId=ID))
+async def call_extend_wait(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
+    await invites.extend_wait(deps, s, d["toUserId"])
+
+
+@on("room:join", obj(["roomId"], roomId=ID))
+async def room_join(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
+    await rooms.join(deps, s, d["roomId"])
+
+
+@on("rtc:offer", obj(["roomId", "offer"], roomId=ID, offer=obj(["sdp"], type={"const": "offer"}, sdp=SDP)),
+    max_bytes=SDP_MAX_BYTES)
+async def rtc_offer(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
+    await rooms.relay(deps, s, d["roomId"], "offer", "offer", {"type": "offer", "sdp": d["offer"]["sdp"]})
+
+
+@on("rtc:answer", obj(["roomId", "answer"], roomId=ID, answer=obj(["sdp"], type={"const": "answer"}, sdp=SDP)),
+    max_bytes=SDP_MAX_BYTES)
+async def rtc_answer(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
+    await rooms.relay(deps, s, d["roomId"], "answer", "answer", {"type": "answer", "sdp": d["answer"]["sdp"]})
+
+
+CANDIDATE = obj(
+    ["candidate"],
+    candidate={"type": "string", "maxLength": 2048},
+    sdpMid={"type": ["string", "null"], "maxLength": 64},
+    sdpMLineIndex={"type": ["integer", "null"], "minimum": 0, "maximum": 255},
+    usernameFragment={"type": ["string", "null"], "maxLength": 256},
+)
+
+
+@on("rtc:ice", obj(["roomId", "candidate"], roomId=ID, candidate=CANDIDATE))
+async def rtc_ice(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
+    c = d["candidate"]
+    clean = {k: c.get(k) for k in ("candidate", "sdpMid", "sdpMLineIndex", "usernameFragment") if k in c}
+    await rooms.relay(deps, s, d["roomId"], "ice", "candidate", clean)
+
+
+@on("room:chat", obj(["roomId", "text"], roomId=ID, text={"type": "string", "maxLength": 2048}))
+async def room_chat(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
+    await rooms.chat(deps, s, d["roomId"], d["text"])
+
+
+@on("room:giveSocial", obj(["roomId", "socials"], roomId=ID,
+                           socials={"type": "object", "maxProperties": 10,
+                                    "additionalProperties": {"type": "string", "maxLength": 64}}))
+async def room_give_social(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
+    await rooms.give_social(deps, s, d["roomId"], d["socials"])
+
+
+@on("call:end", obj(["roomId"], roomId=ID))
+async def call_end(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
+    await rooms.end(deps, s, d["roomId"])
+
+
+@on("call:connected", obj(["roomId"], roomId=ID))
+async def call_connected(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
+    await rooms.connected(deps, s, d["roomId"])

@@ -1,0 +1,206 @@
+"""Timed call invites (PROTOCOL.md §3.2, §4 rows 1-3, F1-F9, §7 E2): create, accept, decline,
+rescind, extend, expire. Every transition is one Redis script (calls/state.py); this module checks
+the durable facts (access, bans) and tells each side what happened."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import structlog
+
+from server import emit, ratelimit
+from server.accounts.profile import has_access
+from server.accounts.sessions import BANNED_STATUSES
+from server.calls import cooldowns, state, store
+from server.calls.policy import DECLINE_AS_TIMEOUT_MS, clamp_seconds
+from server.deps import Deps
+from server.emit import Sender
+from server.media.urls import media_url
+from server.timers import now_ms
+
+log = structlog.get_logger(__name__)
+
+
+def _uuid_or_none(value: str) -> str | None:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def _peer(deps: Deps, user: Any) -> dict[str, Any]:
+    return {"userId": str(user["id"]), "name": user["name"], "gender": user["gender"],
+            "selfieUrl": media_url(deps, user["selfie_key"]), "videoUrl": media_url(deps, user["video_key"])}
+
+
+def _reason_for(caps: str, reason: str) -> str:
+    """`busy` only for clients that announced it (E8/E12); the old client gets `offline`."""
+    return reason if reason != "busy" or "busy" in caps.split(",") else "offline"
+
+
+async def _declined(deps: Deps, sid_or_user: tuple[str, str], invite_id: str, to_user: str, reason: str) -> None:
+    kind, target = sid_or_user
+    payload = {"inviteId": invite_id, "toUserId": to_user, "reason": reason}
+    if kind == "sid":
+        await emit.to_sid(deps, target, "call:declined", payload)
+    else:
+        await emit.to_user(deps, target, "call:declined", payload)
+
+
+async def invite(deps: Deps, sender: Sender, to_user: str, requested: Any) -> None:
+    me = sender.user_id
+    invite_id = str(uuid.uuid4())
+    caps = ",".join(sorted(sender.caps))
+
+    async def reject(reason: str) -> None:
+        await _declined(deps, ("sid", sender.sid), invite_id, to_user, _reason_for(caps, reason))
+
+    if to_user == me:
+        return await reject("invalid_target")
+    target_id = _uuid_or_none(to_user)
+    users = await store.users_by_id(deps.db, [me] + ([target_id] if target_id else []))
+    if not await _may_call(deps, sender, users.get(me)):
+        return None
+    target = users.get(target_id or "")
+    if target is None:
+        return await reject("user_not_found")
+    seconds = clamp_seconds(requested)
+    if seconds is None:
+        return await reject("invalid_duration")
+    if target["ban_status"] in BANNED_STATUSES or not has_access(deps, target["paid_status"]):
+        return await reject("offline")
+    window = await ratelimit.hit(deps.redis, f"invites:{me}", 60)
+    if window.count > deps.settings.invites_per_minute:
+        return await emit.call_error(deps, sender.sid, "RATE_LIMITED", "Too many invites, slow down",
+                                     retryAfter=window.retry_after_s)
+
+    s = deps.settings
+    now = now_ms()
+    window_end = now + s.invite_ttl_ms
+    expires = window_end + s.invite_expiry_grace_ms
+    status = await state.create_invite(deps.redis, me, str(target["id"]), invite_id, seconds, now, window_end,
+                                       expires, caps)
+    if status == "caller_busy":
+        return await emit.call_error(deps, sender.sid, "BUSY", "You are already in a call")
+    if status == "already_pending":
+        return await emit.call_error(deps, sender.sid, "INVITE_PENDING",
+                                     "You already have a pending invite; cancel it first")
+    if status != "ok":
+        return await reject(status)  # offline | busy | cooldown
+    caller = users[me]
+    await emit.to_user(deps, str(target["id"]), "call:notify", {
+        "inviteId": invite_id, "fromUser": _peer(deps, caller), "requestedSeconds": seconds,
+        "ttlMs": s.invite_ttl_ms, "expiresAt": window_end,
+    })
+    await emit.to_sid(deps, sender.sid, "call:invite-sent",
+                      {"inviteId": invite_id, "toUserId": str(target["id"]), "expiresAt": window_end})
+    log.info("invite_created", invite_id=invite_id, caller=me, callee=str(target["id"]), seconds=seconds)
+    return None
+
+
+async def _may_call(deps: Deps, sender: Sender, me: Any) -> bool:
+    """Access and ban checks on the acting user (§6 D11)."""
+    from server.calls.departures import cut_user  # departures imports this module
+
+    if me is None or me["ban_status"] in BANNED_STATUSES:
+        await cut_user(deps, sender.user_id)
+        return False
+    if not has_access(deps, me["paid_status"]):
+        await emit.call_error(deps, sender.sid, "PAYMENT_REQUIRED", "Payment required")
+        return False
+    return True
+
+
+async def accept(deps: Deps, sender: Sender, invite_id: str, requested: Any) -> None:
+    from server.calls import rooms
+
+    seconds = clamp_seconds(requested)
+    if seconds is None:
+        return await emit.call_error(deps, sender.sid, "INVALID_DURATION", "Invalid call duration",
+                                     inviteId=invite_id)
+    inv = await state.get_invite(deps.redis, invite_id)
+    if not inv or inv.get("to") != sender.user_id:
+        return await emit.call_error(deps, sender.sid, "INVITE_NOT_FOUND", "Invite not found or expired",
+                                     inviteId=invite_id)
+    users = await store.users_by_id(deps.db, [sender.user_id, inv["from"]])
+    if not await _may_call(deps, sender, users.get(sender.user_id)):
+        return None
+    caller = users.get(inv["from"])
+    if caller is None or caller["ban_status"] in BANNED_STATUSES or not has_access(deps, caller["paid_status"]):
+        ended = await state.end_invite(deps.redis, "gone", inv["from"], now_ms(), invite_id=invite_id)
+        if isinstance(ended, state.Ended):
+            await announce_end(deps, ended)
+        return await emit.call_error(deps, sender.sid, "CALLER_UNAVAILABLE", "Invite not found or expired",
+                                     inviteId=invite_id)
+
+    room_id, session_id = str(uuid.uuid4()), str(uuid.uuid4())
+    res = await state.accept_invite(deps.redis, invite_id, sender.user_id, room_id, session_id, now_ms(), seconds,
+                                    deps.settings.call_setup_allowance_ms)
+    if res.status in ("not_found", "not_invitee"):
+        return await emit.call_error(deps, sender.sid, "INVITE_NOT_FOUND", "Invite not found or expired",
+                                     inviteId=invite_id)
+    if res.status == "callee_busy":
+        return await emit.call_error(deps, sender.sid, "BUSY", "You are already in a call", inviteId=invite_id)
+    if res.status == "caller_gone":  # F9: fail cleanly for both
+        await emit.call_error(deps, sender.sid, "CALLER_UNAVAILABLE", "The caller is no longer available",
+                              inviteId=invite_id)
+        await _declined(deps, ("user", res.caller), invite_id, sender.user_id, "offline")
+        return None
+    for other in res.other_invites:
+        ended = await state.end_invite(deps.redis, "busy", "", now_ms(), invite_id=other)
+        if isinstance(ended, state.Ended):
+            await announce_end(deps, ended)
+    await rooms.announce_start(deps, room_id, session_id, res.caller, sender.user_id, res.agreed,
+                               res.deadline_ms, users)
+    return None
+
+
+async def decline(deps: Deps, sender: Sender, invite_id: str, reason: str | None) -> None:
+    # New clients may say the decline was their countdown running out (E2).
+    window = 1 << 50 if reason == "timeout" else DECLINE_AS_TIMEOUT_MS
+    ended = await state.end_invite(deps.redis, "decline", sender.user_id, now_ms(), invite_id=invite_id,
+                                   timeout_window_ms=window)
+    if isinstance(ended, state.Ended):  # unknown or foreign invites are ignored, as in the original
+        await announce_end(deps, ended)
+
+
+async def rescind(deps: Deps, sender: Sender, to_user: str) -> None:
+    ended = await state.end_invite(deps.redis, "rescind", sender.user_id, now_ms(), counterpart=to_user)
+    if isinstance(ended, state.Ended):
+        await announce_end(deps, ended)
+
+
+async def extend_wait(deps: Deps, sender: Sender, to_user: str) -> None:
+    s = deps.settings
+    res = await state.extend_invite(deps.redis, sender.user_id, to_user, s.invite_extension_ms,
+                                    s.invite_max_extensions)
+    if res[0] == "not_found":
+        return await emit.call_error(deps, sender.sid, "INVITE_NOT_FOUND", "No pending invite to that user")
+    if res[0] == "max_extensions":
+        return await emit.call_error(deps, sender.sid, "MAX_EXTENSIONS", "The invite cannot be extended again",
+                                     inviteId=res[1])
+    await emit.to_user(deps, to_user, "call:wait-extended", {
+        "extraSeconds": s.invite_extension_ms // 1000, "inviteId": res[1], "expiresAt": int(res[2])})
+    return None
+
+
+async def expire(deps: Deps, invite_id: str) -> None:
+    """Timer: the invite outlived its window plus grace (E2)."""
+    ended = await state.end_invite(deps.redis, "expire", "", now_ms(), invite_id=invite_id)
+    if isinstance(ended, state.Ended):
+        await announce_end(deps, ended)
+
+
+async def announce_end(deps: Deps, e: state.Ended) -> None:
+    """Tell each side how an invite ended, then make its cooldown durable."""
+    to_caller = {"decline": "user_declined", "timeout": "timeout", "expire": "timeout",
+                 "callee_gone": "offline", "busy": _reason_for(e.caller_caps, "busy")}.get(e.outcome)
+    if to_caller:
+        await _declined(deps, ("user", e.caller), e.invite_id, e.callee, to_caller)
+    to_callee = {"rescind": {}, "caller_gone": {}, "expire": {"reason": "expired"},
+                 "busy": {"reason": "busy"}}.get(e.outcome)
+    if to_callee is not None:
+        await emit.to_user(deps, e.callee, "call:rescinded", {"inviteId": e.invite_id, **to_callee})
+    await cooldowns.persist(deps, e.caller, e.callee, e.cooldown_ms, e.outcome)
+    log.info("invite_ended", invite_id=e.invite_id, outcome=e.outcome, cooldown_ms=e.cooldown_ms)

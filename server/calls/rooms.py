@@ -1,0 +1,215 @@
+"""Call rooms (PROTOCOL.md §4 rows 4-11, §6 D1/D6/D17/D22/D27, §7 E1/E4/E11): start, join,
+partner-addressed signalling with a buffer, chat, socials, the server deadline, and finalisation
+exactly once with one durable history row per participant."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from server import emit, timers
+from server.calls import cooldowns, state, store
+from server.calls.policy import (
+    CONNECTED_ALLOWANCE_MS,
+    COOLDOWN_MS,
+    FINAL_MEMORY_MS,
+    HISTORY_MIN_SECONDS,
+    QR_SESSION_MIN_SECONDS,
+    QR_SESSIONS_TO_UNLOCK,
+)
+from server.deps import Deps
+from server.emit import Sender
+from server.media.urls import media_url
+
+log = structlog.get_logger(__name__)
+
+SOCIAL_KEYS = ("instagram", "tiktok", "twitter", "snapchat", "discord")
+_HANDLE = re.compile(r"^[A-Za-z0-9._-]{0,30}$")
+_TAGS = re.compile(r"<[^>]*>")
+CHAT_MAX = 500
+
+
+def _ms_to_dt(ms: str | int) -> datetime:
+    return datetime.fromtimestamp(int(ms) / 1000, UTC)
+
+
+async def announce_start(deps: Deps, room_id: str, session_id: str, caller: str, callee: str, agreed: int,
+                         deadline_ms: int, users: dict[str, Any]) -> None:
+    now = timers.now_ms()
+    for uid, peer, initiator in ((caller, callee, True), (callee, caller, False)):
+        p = users[peer]
+        await emit.to_user(deps, uid, "call:start", {
+            "roomId": room_id, "agreedSeconds": agreed, "isInitiator": initiator,
+            "peerUser": {"userId": peer, "name": p["name"], "gender": p["gender"],
+                         "selfieUrl": media_url(deps, p["selfie_key"])},
+            "sessionId": session_id, "endsAt": deadline_ms, "serverNow": now,
+        })
+    for uid in (caller, callee):
+        await emit.to_queue(deps, "queue:update", {"userId": uid, "available": False})
+    log.info("call_started", room_id=room_id, caller=caller, callee=callee, agreed=agreed)
+
+
+async def join(deps: Deps, sender: Sender, room_id: str) -> None:
+    # Enter the Socket.IO room before the script marks us joined, so a relay racing this join
+    # is either buffered (and flushed below) or delivered to a socket already in the room.
+    member = emit.member_room(room_id, sender.user_id)
+    await deps.sio.enter_room(sender.sid, member)
+    status, _partner, partner_joined, deadline, buffered = await state.join_room(deps.redis, room_id, sender.user_id)
+    if status != "ok":
+        await deps.sio.leave_room(sender.sid, member)
+        return await emit.call_error(deps, sender.sid, "NOT_PARTICIPANT", "Not a participant of this room",
+                                     roomId=room_id)
+    for item in buffered:
+        msg = json.loads(item)
+        await emit.to_sid(deps, sender.sid, msg["event"], msg["data"])
+    await emit.to_sid(deps, sender.sid, "room:joined", {"roomId": room_id, "peerPresent": partner_joined})
+    await emit.to_sid(deps, sender.sid, "call:deadline",
+                      {"roomId": room_id, "endsAt": deadline, "serverNow": timers.now_ms()})
+    return None
+
+
+async def relay(deps: Deps, sender: Sender, room_id: str, kind: str, field: str, value: Any) -> None:
+    """rtc:offer / rtc:answer / rtc:ice, only from a participant and only to the partner (D1)."""
+    event = {"offer": "rtc:offer", "answer": "rtc:answer", "ice": "rtc:ice"}[kind]
+    data = {field: value, "from": sender.user_id}
+    status, partner = await state.signal(deps.redis, room_id, sender.user_id, kind,
+                                         json.dumps({"event": event, "data": data}))
+    if status == "deliver":
+        await emit.to_member(deps, room_id, partner, event, data)
+    elif status == "denied":
+        await emit.call_error(deps, sender.sid, "NOT_PARTICIPANT", "Not a participant of this room", roomId=room_id)
+
+
+def sanitize_chat(text: str) -> str:
+    return _TAGS.sub("", text)[:CHAT_MAX].strip()
+
+
+def sanitize_socials(socials: dict[str, Any]) -> dict[str, str]:
+    return {k: v for k, v in socials.items()
+            if k in SOCIAL_KEYS and isinstance(v, str) and v and _HANDLE.match(v)}
+
+
+async def _broadcast(deps: Deps, sender: Sender, room_id: str, event: str, message: dict[str, Any]) -> None:
+    status, partner = await state.chat(deps.redis, room_id, sender.user_id, json.dumps(message))
+    if status != "ok":
+        return await emit.call_error(deps, sender.sid, "NOT_PARTICIPANT", "Not a participant of this room",
+                                     roomId=room_id)
+    # The whole room including the sender: the old client shows its own message from the echo.
+    await deps.sio.emit(event, message, to=[emit.member_room(room_id, sender.user_id),
+                                            emit.member_room(room_id, partner)])
+    return None
+
+
+async def chat(deps: Deps, sender: Sender, room_id: str, text: str) -> None:
+    clean = sanitize_chat(text)
+    if not clean:
+        return
+    await _broadcast(deps, sender, room_id, "room:chat", {
+        "from": sender.user_id, "text": clean, "timestamp": timers.now_ms(), "type": "message",
+        "messageId": str(uuid.uuid4())})
+
+
+async def give_social(deps: Deps, sender: Sender, room_id: str, socials: dict[str, Any]) -> None:
+    clean = sanitize_socials(socials)
+    if not clean:
+        return await emit.call_error(deps, sender.sid, "INVALID_PAYLOAD", "No valid socials to share",
+                                     roomId=room_id)
+    await _broadcast(deps, sender, room_id, "room:socialShared", {
+        "from": sender.user_id, "timestamp": timers.now_ms(), "type": "social", "socials": clean})
+    return None
+
+
+async def connected(deps: Deps, sender: Sender, room_id: str) -> None:
+    """E11: media connected on this side; both sides -> the deadline tightens to agreed + 5 s."""
+    status, deadline, changed = await state.connected(deps.redis, room_id, sender.user_id, timers.now_ms(),
+                                                      CONNECTED_ALLOWANCE_MS)
+    if status != "ok":
+        return await emit.call_error(deps, sender.sid, "NOT_PARTICIPANT", "Not a participant of this room",
+                                     roomId=room_id)
+    if changed:
+        room = await state.get_room(deps.redis, room_id)
+        payload = {"roomId": room_id, "endsAt": deadline, "serverNow": timers.now_ms()}
+        for uid in (room.get("a", ""), room.get("b", "")):
+            await emit.to_member(deps, room_id, uid, "call:deadline", payload)
+    return None
+
+
+async def end(deps: Deps, sender: Sender, room_id: str) -> None:
+    room = await state.get_room(deps.redis, room_id)
+    if sender.user_id not in (room.get("a"), room.get("b")):
+        return await emit.call_error(deps, sender.sid, "NOT_PARTICIPANT", "Not a participant of this room",
+                                     roomId=room_id)
+    if not await finalize(deps, room_id, "ended"):
+        # Already finalised (the partner's call:end, the deadline, a disconnect): tell this socket (F13).
+        await emit.to_sid(deps, sender.sid, "session:finalized",
+                          {"sessionId": room.get("session"), "reason": room.get("reason") or "ended"})
+    return None
+
+
+async def finalize(deps: Deps, room_id: str, reason: str, leaver: str = "") -> bool:
+    """Ends the room if it is still active. True only for the one caller that ended it."""
+    status, session_id = await state.finalize(deps.redis, room_id, reason, timers.now_ms(), COOLDOWN_MS["call"],
+                                              leaver, FINAL_MEMORY_MS)
+    if status != "ok":
+        return False
+    room = await state.get_room(deps.redis, room_id)
+    a, b = room["a"], room["b"]
+    if leaver:
+        survivor = b if leaver == a else a
+        await emit.to_member(deps, room_id, survivor, "peer:disconnected", {"userId": leaver})
+    for uid in (a, b):
+        await emit.to_user(deps, uid, "session:finalized", {"sessionId": session_id, "reason": reason})
+    log.info("call_finalized", room_id=room_id, reason=reason)
+    await persist(deps, room_id)
+    return True
+
+
+async def persist(deps: Deps, room_id: str) -> None:
+    """Durable record of a finalised call; idempotent, also run by the persist:<room> timer after a crash."""
+    room = await state.get_room(deps.redis, room_id)
+    if room.get("state") != "final":
+        await timers.cancel(deps, "persist", room_id)
+        return
+    a, b, started, ended = room["a"], room["b"], int(room["started"]), int(room["ended"])
+    media_start = max(int(room["ca"]), int(room["cb"])) if room.get("ca") and room.get("cb") else started
+    duration = max(0, (ended - media_start) // 1000)
+    await cooldowns.persist(deps, a, b, COOLDOWN_MS["call"], "call")
+    unlocked: list[str] = []
+    if duration >= HISTORY_MIN_SECONDS:
+        users = await store.users_by_id(deps.db, [a, b])
+        messages = await state.transcript(deps.redis, room_id)
+        if room.get("reason") == "disconnect":
+            messages.append({"from": "system", "text": "Call ended because a participant disconnected",
+                             "timestamp": ended, "type": "message"})
+        participants = [
+            {"user_id": uid, "partner_id": other, "partner_name": users[other]["name"] if other in users else ""}
+            for uid, other in ((a, b), (b, a)) if uid in users
+        ]
+        async with deps.db.acquire() as conn, conn.transaction():
+            unlocked = await store.record_call(
+                conn, uuid.UUID(room["session"]), uuid.UUID(room_id), _ms_to_dt(started), _ms_to_dt(ended),
+                duration, int(room["agreed"]), room.get("reason", "ended"), participants, messages,
+                duration >= QR_SESSION_MIN_SECONDS, QR_SESSIONS_TO_UNLOCK)
+    await timers.cancel(deps, "persist", room_id)
+    for uid in (a, b):
+        m = await store.metrics(deps.db, uid)
+        if m:
+            await emit.to_user(deps, uid, "metrics:update", {
+                "timerTotalSeconds": m["timer_total_seconds"], "sessionCount": m["session_count"],
+                "successfulSessions": m["successful_sessions"]})
+    for uid in unlocked:
+        await emit.to_user(deps, uid, "qr:unlocked", {"message": "You unlocked your own invite code!",
+                                                     "sessionsCompleted": QR_SESSIONS_TO_UNLOCK})
+
+
+async def on_deadline(deps: Deps, room_id: str) -> None:
+    await finalize(deps, room_id, "deadline")
+
+
+async def on_persist(deps: Deps, room_id: str) -> None:
+    await persist(deps, room_id)

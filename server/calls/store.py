@@ -1,0 +1,102 @@
+"""SQL for calls: participants' status, queue candidates, history, counters and cooldowns."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+Conn = asyncpg.Connection | asyncpg.Pool
+
+
+async def users_by_id(conn: Conn, ids: list[str]) -> dict[str, asyncpg.Record]:
+    rows = await conn.fetch(
+        """SELECT u.id, u.name, u.gender, u.selfie_key, u.video_key, u.paid_status, u.ban_status, u.socials,
+                  u.introduced_to, u.is_bot, ib.name AS introduced_by_name
+           FROM users u LEFT JOIN users ib ON ib.id = u.introduced_by
+           WHERE u.id = ANY($1::uuid[])""",
+        ids,
+    )
+    return {str(r["id"]): r for r in rows}
+
+
+async def blocked_ids(conn: Conn, user_id: UUID) -> tuple[set[str], set[str]]:
+    """(users I reported, users who reported me): both are hidden from my deck (§6 D16)."""
+    rows = await conn.fetch(
+        """SELECT reported_id AS other, true AS mine FROM reports WHERE reporter_id = $1
+           UNION ALL SELECT reporter_id, false FROM reports WHERE reported_id = $1""",
+        user_id,
+    )
+    mine = {str(r["other"]) for r in rows if r["mine"]}
+    theirs = {str(r["other"]) for r in rows if not r["mine"]}
+    return mine, theirs
+
+
+async def history(conn: Conn, user_id: UUID, limit: int = 100) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT session_id, room_id, partner_id, partner_name, started_at, duration_seconds, messages, end_reason
+           FROM call_history WHERE user_id = $1 ORDER BY started_at DESC LIMIT $2""",
+        user_id, limit,
+    )
+
+
+async def upsert_cooldown(conn: Conn, a: str, b: str, expires_at: datetime, reason: str) -> None:
+    await conn.execute(
+        """INSERT INTO cooldowns (user_a, user_b, expires_at, reason) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (user_a, user_b) DO UPDATE
+           SET expires_at = GREATEST(cooldowns.expires_at, EXCLUDED.expires_at),
+               reason = CASE WHEN EXCLUDED.expires_at > cooldowns.expires_at THEN EXCLUDED.reason
+                             ELSE cooldowns.reason END""",
+        a, b, expires_at, reason,
+    )
+
+
+async def live_cooldowns(conn: Conn) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT user_a, user_b, expires_at FROM cooldowns WHERE expires_at > now()")
+
+
+async def record_call(conn: asyncpg.Connection, session_id: UUID, room_id: UUID, started_at: datetime,
+                      ended_at: datetime, duration: int, agreed: int, reason: str,
+                      participants: list[dict[str, Any]], messages: list[Any], counts_for_qr: bool,
+                      qr_sessions_to_unlock: int) -> list[str]:
+    """Write one history row per participant and bump their counters, exactly once per
+    (session, user): a replay after a crash inserts nothing and counts nothing.
+    Returns the ids of users whose QR access was unlocked by this call."""
+    unlocked: list[str] = []
+    for p in participants:
+        inserted = await conn.fetchval(
+            """INSERT INTO call_history (session_id, user_id, room_id, partner_id, partner_name, started_at,
+                   ended_at, duration_seconds, agreed_seconds, end_reason, messages)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+               ON CONFLICT (session_id, user_id) DO NOTHING RETURNING 1""",
+            session_id, p["user_id"], room_id, p["partner_id"], p["partner_name"], started_at, ended_at,
+            duration, agreed, reason, messages,
+        )
+        if inserted is None:
+            continue
+        row = await conn.fetchrow(
+            """UPDATE users SET timer_total_seconds = timer_total_seconds + $2,
+                   session_count = session_count + 1,
+                   successful_sessions = successful_sessions + $3::int,
+                   updated_at = now()
+               WHERE id = $1 RETURNING successful_sessions, paid_status, qr_unlocked_at""",
+            p["user_id"], duration, 1 if counts_for_qr else 0,
+        )
+        if (row and counts_for_qr and row["qr_unlocked_at"] is None
+                and row["successful_sessions"] >= qr_sessions_to_unlock):
+            done = await conn.fetchval(
+                """UPDATE users SET qr_unlocked_at = now(),
+                       paid_status = CASE WHEN paid_status = 'qr_grace_period' THEN 'qr_verified' ELSE paid_status END
+                   WHERE id = $1 AND qr_unlocked_at IS NULL RETURNING 1""",
+                p["user_id"],
+            )
+            if done:
+                unlocked.append(str(p["user_id"]))
+    return unlocked
+
+
+async def metrics(conn: Conn, user_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT timer_total_seconds, session_count, successful_sessions FROM users WHERE id = $1", user_id)

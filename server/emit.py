@@ -1,0 +1,63 @@
+"""Where realtime events go. Socket.IO rooms used across the server:
+
+  user:<userId>         every authenticated socket of a user (any node)
+  session:<sessionId>   sockets authenticated with one session token (for invalidation)
+  queue                 sockets that sent queue:join (scoped presence, §7 E13)
+  r:<roomId>:<userId>   a participant's sockets inside a call room (signalling goes only there)
+
+With the Redis manager, an emit reaches matching sockets on every node.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.deps import Deps
+
+QUEUE = "queue"
+
+
+def user_room(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+def session_room(session_id: str) -> str:
+    return f"session:{session_id}"
+
+
+def member_room(room_id: str, user_id: str) -> str:
+    return f"r:{room_id}:{user_id}"
+
+
+async def to_sid(deps: Deps, sid: str, event: str, data: Any = None) -> None:
+    await deps.sio.emit(event, data, to=sid)
+
+
+async def to_user(deps: Deps, user_id: str, event: str, data: Any = None) -> None:
+    await deps.sio.emit(event, data, to=user_room(user_id))
+
+
+async def to_member(deps: Deps, room_id: str, user_id: str, event: str, data: Any = None) -> None:
+    await deps.sio.emit(event, data, to=member_room(room_id, user_id))
+
+
+async def to_queue(deps: Deps, event: str, data: Any) -> None:
+    await deps.sio.emit(event, data, to=QUEUE)
+
+
+async def call_error(deps: Deps, sid: str, code: str, message: str, **ids: Any) -> None:
+    """The legacy `error {message}` plus the typed `call:error` (§7 E10)."""
+    await deps.sio.emit("error", {"message": message}, to=sid)
+    await deps.sio.emit("call:error", {"code": code, "message": message, **ids}, to=sid)
+
+
+class Sender:
+    """The authenticated socket an event came from."""
+
+    __slots__ = ("caps", "session_id", "sid", "user_id")
+
+    def __init__(self, sid: str, user_id: str, session_id: str, caps: frozenset[str]) -> None:
+        self.sid = sid
+        self.user_id = user_id
+        self.session_id = session_id
+        self.caps = caps

@@ -1,0 +1,43 @@
+"""Registry of client -> server Socket.IO events. Domains declare handlers with `@on(...)`;
+realtime.py wraps each one with authentication, rate limiting, size and schema checks."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from server.deps import Deps
+from server.emit import Sender
+
+Handler = Callable[[Deps, Sender, dict[str, Any]], Awaitable[None]]
+
+DEFAULT_MAX_BYTES = 64 * 1024
+SDP_MAX_BYTES = 110 * 1024  # 100 KB of SDP plus the envelope
+
+ID = {"type": "string", "minLength": 1, "maxLength": 64}
+NO_PAYLOAD = {"type": ["object", "null", "string", "array", "number", "boolean"]}
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    name: str
+    handler: Handler
+    schema: dict[str, Any]
+    max_bytes: int
+
+
+EVENTS: dict[str, EventSpec] = {}
+
+
+def on(name: str, schema: dict[str, Any] | None = None,
+       max_bytes: int = DEFAULT_MAX_BYTES) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        EVENTS[name] = EventSpec(name, fn, schema or NO_PAYLOAD, max_bytes)
+        return fn
+
+    return register
+
+
+def obj(required: list[str], **props: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": props}

@@ -1,0 +1,118 @@
+"""Timers in Redis (invite expiry, call deadline, disconnect grace, crash-safe persistence), claimed
+atomically by whichever node sweeps first: a node crash loses no timer.
+
+A claim moves the timer's score to now + lease instead of deleting it; the handler removes it when
+done. If the claiming node dies mid-handler, the timer comes due again after the lease and another
+node runs the (idempotent) handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from server.deps import Deps
+from server.presence import state as presence
+from server.redis import Script
+
+log = structlog.get_logger(__name__)
+
+LEASE_MS = 30_000
+BATCH = 50
+
+_CLAIM = Script(
+    """
+    local due = redis.call('ZRANGEBYSCORE', 'timers', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+    local lease = tonumber(ARGV[1]) + tonumber(ARGV[2])
+    for _, m in ipairs(due) do redis.call('ZADD', 'timers', lease, m) end
+    table.insert(due, 1, tostring(lease))
+    return due
+    """
+)
+# Removes the timer only if nobody re-armed it since it was claimed.
+_DONE = Script(
+    """
+    local score = redis.call('ZSCORE', 'timers', ARGV[1])
+    if score and tonumber(score) == tonumber(ARGV[2]) then return redis.call('ZREM', 'timers', ARGV[1]) end
+    return 0
+    """
+)
+
+Handler = Callable[[Deps, str], Awaitable[None]]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def schedule(deps: Deps, kind: str, ident: str, due_ms: int) -> None:
+    await deps.redis.zadd("timers", {f"{kind}:{ident}": due_ms})
+
+
+async def cancel(deps: Deps, kind: str, ident: str) -> None:
+    await deps.redis.zrem("timers", f"{kind}:{ident}")
+
+
+class Sweeper:
+    def __init__(self, deps: Deps, handlers: dict[str, Handler],
+                 on_dead_sid: Callable[[Deps, str], Awaitable[None]]) -> None:
+        self.deps = deps
+        self.handlers = handlers
+        self.on_dead_sid = on_dead_sid
+        self._task: asyncio.Task[None] | None = None
+        self._last_beat = 0.0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="timer-sweeper")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        s = self.deps.settings
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sweeper_tick_failed")
+            # Jitter spreads the nodes' sweeps; correctness never depends on who sweeps.
+            await asyncio.sleep(s.timer_poll_seconds * (0.75 + random.random() / 2))
+
+    async def tick(self) -> None:
+        s, redis = self.deps.settings, self.deps.redis
+        mono = time.monotonic()
+        if mono - self._last_beat >= s.node_heartbeat_seconds:
+            self._last_beat = mono
+            await presence.heartbeat(redis, s.node_id, now_ms())
+            stale_before = now_ms() - int(s.node_dead_after_seconds * 1000)
+            for node in await presence.dead_nodes(redis, stale_before):
+                sids = await presence.reap_node(redis, node, stale_before)
+                if sids:
+                    log.warning("node_reaped", node=node, sockets=len(sids))
+                for sid in sids:
+                    await self.on_dead_sid(self.deps, sid)
+        claimed = await _CLAIM(redis, [], [now_ms(), LEASE_MS, BATCH])
+        lease, members = claimed[0], claimed[1:]
+        for member in members:
+            kind, _, ident = member.partition(":")
+            handler = self.handlers.get(kind)
+            if handler is None:
+                log.error("unknown_timer", member=member)
+                await _DONE(redis, [], [member, lease])
+                continue
+            try:
+                await handler(self.deps, ident)
+            except Exception:
+                log.exception("timer_handler_failed", timer=member)  # retried after the lease
+                continue
+            await _DONE(redis, [], [member, lease])
