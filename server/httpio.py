@@ -41,6 +41,27 @@ def _message(err: Any) -> str:
     return f"Invalid {where}"
 
 
+def _storable(value: Any) -> bool:
+    """False if any string (key or value) holds NUL or a lone surrogate: valid JSON escapes
+    (\\u0000, \\ud800) that Postgres text and UTF-8 cannot hold (they would surface as 500s)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if "\x00" in v:
+                return False
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return True
+
+
 def validate(data: Any, schema: dict[str, Any]) -> None:
     err = next(iter(sorted(_validator(schema).iter_errors(data), key=lambda e: len(e.absolute_path))), None)
     if err is not None:
@@ -59,6 +80,8 @@ async def read_json(request: web.Request, schema: dict[str, Any]) -> dict[str, A
             raise bad_request("Invalid JSON body", code="invalid_json") from None
     if not isinstance(data, dict):
         raise bad_request("JSON body must be an object", code="invalid_json")
+    if not _storable(data):
+        raise bad_request("Invalid characters in JSON body", code="invalid_json")
     validate(data, schema)
     return data
 

@@ -14,7 +14,7 @@ routes = web.RouteTableDef()
 
 GENDERS = ["female", "male", "nonbinary", "unspecified"]
 SOCIAL_KEYS = ["instagram", "tiktok", "twitter", "snapchat", "discord"]
-EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{1,63}$"
+EMAIL_PATTERN = r"^\s*[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{1,63}\s*$"  # trimmed by the routes
 
 GUEST_SCHEMA = {
     "type": "object",
@@ -33,7 +33,8 @@ CREDENTIALS = {
     "password": {"type": "string", "minLength": 1, "maxLength": 1024, "x-error": "Password is required"},
 }
 LINK_SCHEMA = {"type": "object", "required": ["email", "password"],
-               "properties": {**CREDENTIALS, "sessionToken": {"type": "string", "maxLength": 256}}}
+               "properties": {**CREDENTIALS,
+                              "sessionToken": {"type": ["string", "null"], "x-error": "Invalid sessionToken"}}}
 LOGIN_SCHEMA = {"type": "object", "required": ["email", "password"], "properties": CREDENTIALS}
 SOCIALS_SCHEMA = {
     "type": "object",
@@ -74,8 +75,14 @@ async def link(request: web.Request) -> web.Response:
     body = await read_json(request, LINK_SCHEMA)
     deps = deps_of(request)
     # The original client sends the token in the body; newer clients may use the header (E6).
-    principal = await authenticate(deps, body.get("sessionToken") or bearer_token(request))
-    result = await service.link(deps, principal, body["email"].strip().lower(), body["password"])
+    token = body.get("sessionToken") or bearer_token(request)
+    if not token:
+        raise bad_request("sessionToken is required", code="validation_failed")  # §2.1: 400 missing fields
+    principal = await authenticate(deps, token)
+    email = body["email"].strip().lower()
+    if len(email) > 254:  # lowercasing can lengthen some characters ('İ' -> 'i̇')
+        raise bad_request("A valid email is required", code="validation_failed")
+    result = await service.link(deps, principal, email, body["password"])
     return web.json_response(result)
 
 

@@ -90,6 +90,8 @@ async def link(deps: Deps, principal: Principal, email: str, password: str) -> d
             linked = await store.link_account(conn, principal.user_id, email, hashed)
         except asyncpg.UniqueViolationError:
             raise ApiError(409, "email_taken", "Email already registered") from None
+        except asyncpg.CheckViolationError:  # an address Postgres's lower() would still change
+            raise bad_request("A valid email is required", code="validation_failed") from None
         if not linked:
             raise ApiError(409, "already_linked", "Account is already linked to an email")
         expires = datetime.now(UTC) + timedelta(days=deps.settings.login_session_days)
@@ -126,6 +128,9 @@ async def login(deps: Deps, client: Client, email: str,
                        message="Your account has been suspended.")
 
     async with deps.db.acquire() as conn, conn.transaction():
+        # Serialise concurrent logins of one user: without the row lock, two transactions each revoke
+        # "every other" session before seeing the other's insert, leaving several sessions active.
+        await store.lock_user(conn, user["id"])
         token, session_id, _ = await start_session(conn, user["id"], "login", s.login_session_days,
                                                    client.ip, client.user_agent)
         revoked = await store.revoke_user_sessions(conn, user["id"], "new_login", keep=session_id)

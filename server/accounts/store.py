@@ -36,6 +36,11 @@ async def find_login(conn: Conn, email: str) -> asyncpg.Record | None:
     )
 
 
+async def lock_user(conn: asyncpg.Connection, user_id: UUID) -> None:
+    """Row-lock the user until the caller's transaction ends."""
+    await conn.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user_id)
+
+
 async def link_account(conn: Conn, user_id: UUID, email: str, password_hash: str) -> bool:
     """Make a guest permanent. False if the user is already permanent;
     raises UniqueViolation on a taken email."""
