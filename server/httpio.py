@@ -102,8 +102,9 @@ def client_ip(request: web.Request, trusted_hops: int) -> str | None:
 
 def bearer_token(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "").strip()
-    if header[:7].lower() == "bearer ":
-        header = header[7:].strip()
+    scheme, _, rest = header.partition(" ")
+    if scheme.lower() == "bearer":  # "Bearer" alone (trailing space stripped in transit) is no token
+        header = rest.strip()
     return header or None
 
 
