@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from server.settings import LOCAL_PORTS, Settings
+from server.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 STACK_DIR = REPO / ".stack"
@@ -111,7 +111,31 @@ def cmd_run(settings: Settings) -> None:
         print(f"stopped: {', '.join(started) or 'nothing (services were already running before this run)'}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def cmd_user(settings: Settings, action: str, ref: str, role: str | None) -> int:
+    import asyncpg
+
+    from server.accounts import operators
+    from server.db import _init_connection
+
+    async def _run() -> str:
+        conn = await asyncpg.connect(settings.database_url)
+        await _init_connection(conn)
+        try:
+            if action == "grant-access":
+                return await operators.grant_access(conn, ref)
+            return await operators.set_role(conn, ref, role or "")
+        finally:
+            await conn.close()
+
+    try:
+        print(asyncio.run(_run()))
+    except operators.OperatorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server")
     sub = parser.add_subparsers(dest="cmd", required=True)
     serve = sub.add_parser("serve", help="serve the app (start it again on another port for a second node)")
@@ -121,6 +145,13 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("run", help="local stack + migrations + app; Ctrl-C stops everything it started")
     stack = sub.add_parser("stack", help="local services under .stack/")
     stack.add_argument("action", choices=["up", "down", "status"])
+    user = sub.add_parser("user", help="operator actions on one account (audit-logged)")
+    user_sub = user.add_subparsers(dest="action", required=True)
+    grant = user_sub.add_parser("grant-access", help="give access without payment")
+    grant.add_argument("ref", metavar="userId|email")
+    role = user_sub.add_parser("set-role", help="make a user a moderator or admin (or back)")
+    role.add_argument("ref", metavar="userId|email")
+    role.add_argument("role", choices=["user", "moderator", "admin"])
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
@@ -132,6 +163,9 @@ def main(argv: list[str] | None = None) -> None:
         cmd_run(settings)
     elif args.cmd == "stack":
         cmd_stack(settings, args.action)
+    elif args.cmd == "user":
+        return cmd_user(settings, args.action, args.ref, getattr(args, "role", None))
+    return 0
 
 
 if __name__ == "__main__":

@@ -236,9 +236,13 @@ class Realtime:
 
     async def shutdown(self) -> None:
         await self.sweeper.stop()
-        # Our sockets are about to vanish with the process: let the others apply the grace rules.
+        # Our sockets vanish with the process: apply the grace rules (clients may reconnect to
+        # another node in time), then close them so the web server is not kept waiting.
         for sid in list(self.local):
             await self._unbind(sid, explicit=False)
+        for sid in list(self.buckets):
+            with contextlib.suppress(Exception):
+                await self.sio.disconnect(sid, ignore_queue=True)
 
 
 def _caps(auth: Any) -> frozenset[str]:

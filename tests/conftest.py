@@ -98,3 +98,21 @@ async def db(client: Any, settings: Settings) -> AsyncIterator[asyncpg.Connectio
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+async def sockets(client: Any) -> AsyncIterator[Any]:
+    """Factory of connected realtime clients for the test app; all closed before the app stops."""
+    from tests.rt import Peer
+
+    made: list[Peer] = []
+    url = str(client.make_url("/"))
+
+    async def connect(user: dict[str, Any] | None, name: str = "", **kw: Any) -> Peer:
+        p = Peer(url, user["sessionToken"] if user else None, user["userId"] if user else "", name)
+        made.append(p)
+        return await p.connect(**kw)
+
+    yield connect
+    for p in made:
+        await p.close()

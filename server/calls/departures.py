@@ -72,21 +72,29 @@ async def cut_user(deps: Deps, user_id: str, message: str = "Your account has be
 
 async def invalidate_sessions(deps: Deps, session_ids: list[str], delay_s: float = 1.0) -> None:
     """A newer login replaced these sessions: notify their sockets, then disconnect them (§6 D12)."""
-    if not session_ids:
-        return
     for sess in session_ids:
         await deps.sio.emit("session:invalidated", {
             "message": "You signed in on another device. This session has ended.", "reason": "new_login"},
             to=emit.session_room(sess))
+    await disconnect_sessions(deps, session_ids, delay_s)
 
-    async def _later() -> None:
+
+async def disconnect_sessions(deps: Deps, session_ids: list[str], delay_s: float) -> None:
+    """Disconnect every socket authenticated with these sessions, on any node, after `delay_s`."""
+    if not session_ids:
+        return
+
+    async def _cut() -> None:
         await asyncio.sleep(delay_s)
         for sess in session_ids:
             for sid in await deps.redis.smembers(f"sess:{sess}:sids"):
                 with contextlib.suppress(Exception):
                     await deps.sio.disconnect(sid)
 
-    task = asyncio.create_task(_later())
+    if delay_s <= 0:
+        await _cut()
+        return
+    task = asyncio.create_task(_cut())
     _pending.add(task)
     task.add_done_callback(_pending.discard)
 

@@ -193,7 +193,8 @@ async def expire(deps: Deps, invite_id: str) -> None:
 
 
 async def announce_end(deps: Deps, e: state.Ended) -> None:
-    """Tell each side how an invite ended, then make its cooldown durable."""
+    """Make the invite's cooldown durable, then tell each side how it ended."""
+    await cooldowns.persist(deps, e.caller, e.callee, e.cooldown_ms, e.outcome)
     to_caller = {"decline": "user_declined", "timeout": "timeout", "expire": "timeout",
                  "callee_gone": "offline", "busy": _reason_for(e.caller_caps, "busy")}.get(e.outcome)
     if to_caller:
@@ -202,5 +203,4 @@ async def announce_end(deps: Deps, e: state.Ended) -> None:
                  "busy": {"reason": "busy"}}.get(e.outcome)
     if to_callee is not None:
         await emit.to_user(deps, e.callee, "call:rescinded", {"inviteId": e.invite_id, **to_callee})
-    await cooldowns.persist(deps, e.caller, e.callee, e.cooldown_ms, e.outcome)
     log.info("invite_ended", invite_id=e.invite_id, outcome=e.outcome, cooldown_ms=e.cooldown_ms)

@@ -157,6 +157,13 @@ async def finalize(deps: Deps, room_id: str, reason: str, leaver: str = "") -> b
                                               leaver, FINAL_MEMORY_MS)
     if status != "ok":
         return False
+    # Durable first, so the end screen's history fetch already sees this call. If Postgres fails,
+    # the persist:<room> timer scheduled by the script retries; the clients are told regardless.
+    try:
+        unlocked = await persist(deps, room_id)
+    except Exception:
+        log.exception("call_persist_failed", room_id=room_id)
+        unlocked = []
     room = await state.get_room(deps.redis, room_id)
     a, b = room["a"], room["b"]
     if leaver:
@@ -164,17 +171,18 @@ async def finalize(deps: Deps, room_id: str, reason: str, leaver: str = "") -> b
         await emit.to_member(deps, room_id, survivor, "peer:disconnected", {"userId": leaver})
     for uid in (a, b):
         await emit.to_user(deps, uid, "session:finalized", {"sessionId": session_id, "reason": reason})
+    await announce_metrics(deps, (a, b), unlocked)
     log.info("call_finalized", room_id=room_id, reason=reason)
-    await persist(deps, room_id)
     return True
 
 
-async def persist(deps: Deps, room_id: str) -> None:
-    """Durable record of a finalised call; idempotent, also run by the persist:<room> timer after a crash."""
+async def persist(deps: Deps, room_id: str) -> list[str]:
+    """Durable record of a finalised call; idempotent, also run by the persist:<room> timer after a crash.
+    Returns the users whose QR access this call unlocked."""
     room = await state.get_room(deps.redis, room_id)
     if room.get("state") != "final":
         await timers.cancel(deps, "persist", room_id)
-        return
+        return []
     a, b, started, ended = room["a"], room["b"], int(room["started"]), int(room["ended"])
     media_start = max(int(room["ca"]), int(room["cb"])) if room.get("ca") and room.get("cb") else started
     duration = max(0, (ended - media_start) // 1000)
@@ -196,7 +204,11 @@ async def persist(deps: Deps, room_id: str) -> None:
                 duration, int(room["agreed"]), room.get("reason", "ended"), participants, messages,
                 duration >= QR_SESSION_MIN_SECONDS, QR_SESSIONS_TO_UNLOCK)
     await timers.cancel(deps, "persist", room_id)
-    for uid in (a, b):
+    return unlocked
+
+
+async def announce_metrics(deps: Deps, user_ids: tuple[str, str], unlocked: list[str]) -> None:
+    for uid in user_ids:
         m = await store.metrics(deps.db, uid)
         if m:
             await emit.to_user(deps, uid, "metrics:update", {
@@ -212,4 +224,8 @@ async def on_deadline(deps: Deps, room_id: str) -> None:
 
 
 async def on_persist(deps: Deps, room_id: str) -> None:
-    await persist(deps, room_id)
+    """Timer: the finalising node died before its durable write."""
+    room = await state.get_room(deps.redis, room_id)
+    unlocked = await persist(deps, room_id)
+    if room.get("a"):
+        await announce_metrics(deps, (room["a"], room["b"]), unlocked)

@@ -1,0 +1,56 @@
+"""Operator actions run from the command line (`python -m server user ...`), each audit-logged."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+ROLES = ("user", "moderator", "admin")
+
+
+class OperatorError(Exception):
+    pass
+
+
+async def _find_user(conn: asyncpg.Connection, ref: str) -> asyncpg.Record:
+    try:
+        row = await conn.fetchrow("SELECT id, name, email, role, paid_status FROM users WHERE id = $1",
+                                  uuid.UUID(ref))
+    except ValueError:
+        row = await conn.fetchrow("SELECT id, name, email, role, paid_status FROM users WHERE email = $1",
+                                  ref.strip().lower())
+    if row is None:
+        raise OperatorError(f"no user with id or email {ref!r}")
+    return row
+
+
+async def _audit(conn: asyncpg.Connection, action: str, target: Any, details: dict[str, Any]) -> None:
+    await conn.execute(
+        "INSERT INTO audit_log (actor_label, action, target_user_id, details) VALUES ('cli', $1, $2, $3)",
+        action, target, details,
+    )
+
+
+async def grant_access(conn: asyncpg.Connection, ref: str) -> str:
+    """Access without payment: paidStatus becomes `paid` (what every client treats as full access)."""
+    async with conn.transaction():
+        user = await _find_user(conn, ref)
+        if user["paid_status"] in ("paid", "qr_verified"):
+            return f"{user['id']} ({user['name']}) already has access ({user['paid_status']})"
+        await conn.execute(
+            """UPDATE users SET paid_status = 'paid', paid_at = now(), access_granted_at = now(), updated_at = now()
+               WHERE id = $1""", user["id"])
+        await _audit(conn, "grant_access", user["id"], {"previous": user["paid_status"]})
+    return f"granted access to {user['id']} ({user['name']})"
+
+
+async def set_role(conn: asyncpg.Connection, ref: str, role: str) -> str:
+    if role not in ROLES:
+        raise OperatorError(f"role must be one of {', '.join(ROLES)}")
+    async with conn.transaction():
+        user = await _find_user(conn, ref)
+        await conn.execute("UPDATE users SET role = $2, updated_at = now() WHERE id = $1", user["id"], role)
+        await _audit(conn, "set_role", user["id"], {"previous": user["role"], "role": role})
+    return f"{user['id']} ({user['name']}) role: {user['role']} -> {role}"

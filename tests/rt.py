@@ -1,0 +1,109 @@
+"""A real python-socketio client that records every event, for realtime tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import socketio
+
+from tests.helpers import guest
+
+
+class Peer:
+    def __init__(self, url: str, token: str | None, user_id: str = "", name: str = "") -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.user_id = user_id
+        self.name = name
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.events: list[tuple[str, Any]] = []
+        self._seen: dict[str, int] = {}
+        self._changed = asyncio.Event()
+
+        @self.sio.on("*")
+        async def _any(event: str, data: Any = None) -> None:
+            self.events.append((event, data))
+            self._changed.set()
+
+    async def connect(self, capabilities: list[str] | None = None, auth_event: bool = True,
+                      token: str | None = None, headers: dict[str, str] | None = None) -> Peer:
+        auth: dict[str, Any] = {}
+        tok = token if token is not None else self.token
+        if tok:
+            auth["token"] = tok
+        if capabilities:
+            auth["capabilities"] = capabilities
+        await self.sio.connect(self.url, auth=auth or None, transports=["websocket"], wait_timeout=5,
+                               headers=headers or {})
+        if tok:
+            await self.wait("auth:success")
+        return self
+
+    async def emit(self, event: str, data: Any = None) -> None:
+        await self.sio.emit(event, data)
+
+    def all(self, event: str) -> list[Any]:
+        return [d for e, d in self.events if e == event]
+
+    async def wait(self, event: str, timeout: float = 5.0, where: Callable[[Any], bool] | None = None) -> Any:
+        """The next `event` not yet returned by wait() (optionally matching `where`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            start = self._seen.get(event, 0)
+            matches = [i for i, (e, d) in enumerate(self.events) if e == event and i >= start
+                       and (where is None or where(d))]
+            if matches:
+                self._seen[event] = matches[0] + 1
+                return self.events[matches[0]][1]
+            left = deadline - loop.time()
+            if left <= 0:
+                got = [e for e, _ in self.events]
+                raise AssertionError(f"{self.name or self.user_id[:8]}: no {event!r} within {timeout}s; got {got}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except TimeoutError:
+                pass
+
+    async def quiet(self, event: str, within: float = 0.5) -> None:
+        """Assert that no new `event` arrives within `within` seconds."""
+        before = len(self.all(event))
+        await asyncio.sleep(within)
+        assert len(self.all(event)) == before, f"unexpected {event}: {self.all(event)[before:]}"
+
+    async def close(self) -> None:
+        if self.sio.connected:
+            await self.sio.disconnect()
+
+
+async def make_user(client: Any, db: asyncpg.Connection, name: str = "Ada", *, paid: bool = True,
+                    media: bool = True, gender: str = "female") -> dict[str, Any]:
+    """Sign up a guest through the API, then give it access and media directly in the database."""
+    g = await guest(client, name=name, gender=gender)
+    await db.execute(
+        "UPDATE users SET paid_status = $2, selfie_key = $3, video_key = $4 WHERE id = $1",
+        g["userId"], "paid" if paid else "unpaid",
+        f"users/{g['userId']}/selfie-1.jpg" if media else None,
+        f"users/{g['userId']}/intro-1.webm" if media else None,
+    )
+    return g
+
+
+async def peer(url: str, user: dict[str, Any], name: str = "", **kw: Any) -> Peer:
+    return await Peer(url, user["sessionToken"], user["userId"], name).connect(**kw)
+
+
+async def in_call(caller: Peer, callee: Peer, seconds: int = 300) -> dict[str, Any]:
+    """Drive invite -> accept -> call:start on both sides; returns the caller's call:start."""
+    await callee.emit("queue:join")
+    await callee.wait("queue:update", where=lambda d: d["userId"] == callee.user_id)
+    await caller.emit("call:invite", {"toUserId": callee.user_id, "requestedSeconds": seconds})
+    notify = await callee.wait("call:notify")
+    await callee.emit("call:accept", {"inviteId": notify["inviteId"], "requestedSeconds": seconds})
+    start = await caller.wait("call:start")
+    await callee.wait("call:start")
+    return start
