@@ -3,7 +3,7 @@
 Every video frame carries its sequence number as two bands of 32 large blocks across the top half
 of the picture (band 2 is the negative of band 1), so a receiver can read the number back after VP8
 or H.264 compression at any resolution: each bit is "band-1 cell brighter than band-2 cell", which
-needs no absolute threshold. 32 bits = 4 marker bits + 20 sequence bits + CRC-8. The receiver
+needs no absolute threshold. 32 bits = 4 marker bits + 20 sequence bits (Gray code) + CRC-8. The receiver
 counts frames, decodes numbers, and from gaps in the numbers computes loss and reordering.
 
 Pure PyAV (no numpy): planes are filled from bytes.
@@ -53,8 +53,9 @@ def encode_bits(seq: int) -> list[int]:
     """The 32 cell bits for a sequence number (taken modulo 2**20)."""
     seq %= SEQ_MOD
     crc = crc8(struct.pack(">I", seq)[1:])
+    gray = seq ^ (seq >> 1)  # consecutive frames differ in one sequence cell: less for the codec to redo
     bits = list(MARKER)
-    bits += [(seq >> (SEQ_BITS - 1 - i)) & 1 for i in range(SEQ_BITS)]
+    bits += [(gray >> (SEQ_BITS - 1 - i)) & 1 for i in range(SEQ_BITS)]
     bits += [(crc >> (CRC_BITS - 1 - i)) & 1 for i in range(CRC_BITS)]
     return bits
 
@@ -63,9 +64,13 @@ def decode_bits(bits: list[int]) -> int | None:
     """The sequence number, or None if the marker or CRC does not match."""
     if len(bits) != CELLS or tuple(bits[: len(MARKER)]) != MARKER:
         return None
-    seq = 0
+    gray = 0
     for b in bits[len(MARKER): len(MARKER) + SEQ_BITS]:
-        seq = (seq << 1) | b
+        gray = (gray << 1) | b
+    seq = 0
+    while gray:
+        seq ^= gray
+        gray >>= 1
     crc = 0
     for b in bits[len(MARKER) + SEQ_BITS:]:
         crc = (crc << 1) | b

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from aioice.turn import TurnClientTcpProtocol
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -117,14 +118,30 @@ def _candidate(c: Any) -> dict[str, Any]:
     return {"type": c.type, "protocol": c.transport.lower(), "address": c.host, "port": c.port}
 
 
+def _turn_leg(pair: Any) -> str | None:
+    """How a relay candidate reaches the TURN server: "udp", "tcp" or "tls" (None if not relayed)."""
+    transport = getattr(pair.protocol, "transport", None)
+    inner = getattr(transport, "_TurnTransport__inner_protocol", None)  # aioice keeps it private
+    if inner is None:
+        return None
+    if isinstance(inner, TurnClientTcpProtocol):
+        sock_transport = getattr(inner, "transport", None)
+        tls = sock_transport is not None and sock_transport.get_extra_info("sslcontext") is not None
+        return "tls" if tls else "tcp"
+    return "udp"
+
+
 def selected_pair(pc: RTCPeerConnection) -> dict[str, Any] | None:
-    """The nominated ICE candidate pair: {"local": {type, protocol, address, port}, "remote": {...}}.
-    A relay local candidate means our media goes through the TURN server."""
+    """The nominated ICE candidate pair: {"local": {type, protocol, address, port, turnTransport},
+    "remote": {...}}. A relay local candidate means our media goes through the TURN server;
+    turnTransport says whether we reach it over UDP, TCP or TLS."""
     for conn in _ice_connections(pc):
         nominated = getattr(conn, "_nominated", {})
         pair = nominated.get(1) or next(iter(nominated.values()), None)
         if pair is not None:
-            return {"local": _candidate(pair.local_candidate), "remote": _candidate(pair.remote_candidate)}
+            local = _candidate(pair.local_candidate)
+            local["turnTransport"] = _turn_leg(pair)
+            return {"local": local, "remote": _candidate(pair.remote_candidate)}
     return None
 
 
@@ -134,10 +151,12 @@ async def stats_summary(pc: RTCPeerConnection) -> dict[str, Any]:
     out: dict[str, Any] = {"inbound": {}, "outbound": {}, "selectedPair": selected_pair(pc)}
     for s in report.values():
         if s.type == "inbound-rtp":
-            out["inbound"][s.kind] = {"packets": s.packetsReceived, "bytes": s.bytesReceived,
-                                      "lost": s.packetsLost, "jitter": s.jitter}
+            out["inbound"][s.kind] = {"packets": s.packetsReceived, "lost": s.packetsLost, "jitter": s.jitter}
         elif s.type == "outbound-rtp":
             out["outbound"][s.kind] = {"packets": s.packetsSent, "bytes": s.bytesSent}
+        elif s.type == "transport":
+            out["transport"] = {"packetsSent": s.packetsSent, "packetsReceived": s.packetsReceived,
+                                "bytesSent": s.bytesSent, "bytesReceived": s.bytesReceived}
     return out
 
 
