@@ -145,7 +145,9 @@ async def end(deps: Deps, sender: Sender, room_id: str) -> None:
         return await emit.call_error(deps, sender.sid, "NOT_PARTICIPANT", "Not a participant of this room",
                                      roomId=room_id)
     if not await finalize(deps, room_id, "ended"):
-        # Already finalised (the partner's call:end, the deadline, a disconnect): tell this socket (F13).
+        # Already finalised (the partner's call:end, the deadline, a disconnect): tell this socket (F13),
+        # with the reason of the finalisation that won (it may have happened after the read above).
+        room = await state.get_room(deps.redis, room_id) or room
         await emit.to_sid(deps, sender.sid, "session:finalized",
                           {"sessionId": room.get("session"), "reason": room.get("reason") or "ended"})
     return None
