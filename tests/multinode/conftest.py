@@ -289,6 +289,7 @@ class Users:
     def __init__(self, http: aiohttp.ClientSession, db: asyncpg.Connection) -> None:
         self.http = http
         self.db = db
+        self.lock = asyncio.Lock()  # one connection: one statement at a time
 
     async def make(self, node: Node | str, name: str = "Ada", *, gender: str = "female", paid: bool = True,
                    media: bool = True) -> dict[str, Any]:
@@ -297,10 +298,11 @@ class Users:
             body = await resp.json()
             assert resp.status == 200, body
         uid = body["userId"]
-        await self.db.execute(
-            "UPDATE users SET paid_status = $2, selfie_key = $3, video_key = $4 WHERE id = $1",
-            uid, "paid" if paid else "unpaid",
-            f"users/{uid}/selfie-1.jpg" if media else None, f"users/{uid}/intro-1.webm" if media else None)
+        async with self.lock:
+            await self.db.execute(
+                "UPDATE users SET paid_status = $2, selfie_key = $3, video_key = $4 WHERE id = $1",
+                uid, "paid" if paid else "unpaid",
+                f"users/{uid}/selfie-1.jpg" if media else None, f"users/{uid}/intro-1.webm" if media else None)
         return body
 
     async def many(self, node: Node, count: int, prefix: str = "U") -> list[dict[str, Any]]:
