@@ -275,6 +275,17 @@ async def _clean(request: pytest.FixtureRequest, settings: Settings) -> AsyncIte
     if cl is not None:
         cl.ensure_up()
     await reset_state(settings)
+    if cl is not None:
+        # The flush also wiped the nodes' heartbeat registry: a node that died before its next heartbeat
+        # would never be seen as dead. Start once every node is registered again.
+        r = aioredis.from_url(settings.redis_url)
+        try:
+            async def registered() -> bool:
+                return await r.hlen("nodes") >= len(cl.nodes)
+
+            assert await eventually(registered, within=5), "nodes did not heartbeat after the reset"
+        finally:
+            await r.aclose()
     marks = {n.name: n.log_size() for n in cl.nodes} if cl else {}
     yield
     if cl is None or request.node.get_closest_marker("allow_server_errors"):
