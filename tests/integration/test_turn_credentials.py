@@ -114,8 +114,6 @@ async def test_requires_a_valid_session(client):
     assert resp.status == 401
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="server/accounts/sessions.py suspended() passes message= twice to ApiError -> 500")
 async def test_banned_user_gets_403(client, settings):
     g = await guest(client)
     conn = await asyncpg.connect(settings.database_url)
