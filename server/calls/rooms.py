@@ -31,6 +31,9 @@ log = structlog.get_logger(__name__)
 SOCIAL_KEYS = ("instagram", "tiktok", "twitter", "snapchat", "discord")
 _HANDLE = re.compile(r"^[A-Za-z0-9._-]{0,30}$")
 _TAGS = re.compile(r"<[^>]*>")
+# NUL and lone surrogates pass JSON and Redis but Postgres text/jsonb refuses them: the history insert
+# of the whole call would fail (and its persist timer retry forever).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 CHAT_MAX = 500
 
 
@@ -86,7 +89,7 @@ async def relay(deps: Deps, sender: Sender, room_id: str, kind: str, field: str,
 
 
 def sanitize_chat(text: str) -> str:
-    return _TAGS.sub("", text)[:CHAT_MAX].strip()
+    return _TAGS.sub("", _UNSTORABLE.sub("", text))[:CHAT_MAX].strip()
 
 
 def sanitize_socials(socials: dict[str, Any]) -> dict[str, str]:
