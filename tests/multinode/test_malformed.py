@@ -322,3 +322,24 @@ async def test_nasty_but_valid_content_still_finalises(users, peers, n1, n2, db,
     kept = [m["text"] for m in json.loads(stored[0]["messages"]) if m.get("type") == "message"]
     assert kept[:3] == ["nulinside", "lone  surrogate", "ok"]
     assert kept[5] == "😀" * 300
+
+
+async def test_message_over_1mb_closes_only_that_socket(users, peers, n1, http):
+    """Above the 1 MB Engine.IO limit the node drops the connection itself, before any handler runs."""
+    u = await users.make(n1, "Big")
+    other = await users.make(n1, "Other")
+    big = await peers(n1, u, "big")
+    same_user_tab = await peers(n1, u, "tab2")
+    bystander = await peers(n1, other, "other")
+    await big.sio.emit("room:chat", {"roomId": "x", "text": "z" * 2_000_000})
+
+    async def dropped() -> bool:
+        return not big.sio.connected
+    assert await eventually(dropped, within=3)
+    assert not big.all("call:error")
+    status, _ = await get_json(http, f"{n1.url}/health")
+    assert status == 200
+    for p in (same_user_tab, bystander):
+        assert p.sio.connected
+        await p.emit("call:end", {"roomId": "nope"})
+        assert (await p.wait("call:error"))["code"] == "NOT_PARTICIPANT"
