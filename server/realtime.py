@@ -46,11 +46,15 @@ def attach(app: web.Application, settings: Settings) -> socketio.AsyncServer:
         ping_interval=25,
         ping_timeout=60,
         max_http_buffer_size=1_000_000,
+        # One client's events are handled in arrival order (an offer before its candidates);
+        # different clients still run concurrently.
+        async_handlers=False,
         logger=False,
         engineio_logger=False,
     )
     sio.attach(app)
     app[SIO] = sio
+    app.on_shutdown.append(close_sockets)
     return sio
 
 
@@ -70,6 +74,7 @@ class Realtime:
         self.local: dict[str, Sender] = {}  # authenticated sockets on this node
         self.buckets: dict[str, _Bucket] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.closed = False
         self.sweeper = Sweeper(deps, {
             "invite": invites.expire,
             "deadline": rooms.on_deadline,
@@ -235,6 +240,9 @@ class Realtime:
         return False
 
     async def shutdown(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         await self.sweeper.stop()
         # Our sockets vanish with the process: apply the grace rules (clients may reconnect to
         # another node in time), then close them so the web server is not kept waiting.
@@ -291,10 +299,15 @@ async def start(app: web.Application, deps: Deps) -> None:
     rt.sweeper.start()
 
 
-async def stop(app: web.Application) -> None:
+async def close_sockets(app: web.Application) -> None:
+    """on_shutdown: runs before aiohttp waits for open requests, so live websockets must go now."""
     rt = app.get(REALTIME)
     if isinstance(rt, Realtime):
         await rt.shutdown()
+
+
+async def stop(app: web.Application) -> None:
+    await close_sockets(app)  # idempotent; covers apps stopped without the shutdown signal
     sio = app[SIO]
     task = getattr(sio.manager, "thread", None)
     if task is not None:

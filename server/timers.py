@@ -66,19 +66,23 @@ class Sweeper:
         self.on_dead_sid = on_dead_sid
         self._task: asyncio.Task[None] | None = None
         self._last_beat = 0.0
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="timer-sweeper")
 
     async def stop(self) -> None:
+        # A flag as well as cancel(): a cancellation swallowed inside a client library must not
+        # keep the loop (and the shutdown waiting on it) alive.
+        self._stopping = True
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await asyncio.wait([self._task], timeout=2)
 
     async def _run(self) -> None:
         s = self.deps.settings
-        while True:
+        while not self._stopping:
             try:
                 await self.tick()
             except asyncio.CancelledError:

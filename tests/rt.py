@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ class Peer:
         self.events: list[tuple[str, Any]] = []
         self._seen: dict[str, int] = {}
         self._changed = asyncio.Event()
+        self.dropped = False
 
         @self.sio.on("*")
         async def _any(event: str, data: Any = None) -> None:
@@ -48,7 +50,8 @@ class Peer:
     def all(self, event: str) -> list[Any]:
         return [d for e, d in self.events if e == event]
 
-    async def wait(self, event: str, timeout: float = 5.0, where: Callable[[Any], bool] | None = None) -> Any:
+    async def wait(self, event: str, timeout: float = 5.0,  # noqa: ASYNC109
+                   where: Callable[[Any], bool] | None = None) -> Any:
         """The next `event` not yet returned by wait() (optionally matching `where`)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -75,9 +78,16 @@ class Peer:
         await asyncio.sleep(within)
         assert len(self.all(event)) == before, f"unexpected {event}: {self.all(event)[before:]}"
 
+    async def drop(self) -> None:
+        """Lose the connection abruptly (no close packet), like a network failure."""
+        self.dropped = True
+        await self.sio.eio.disconnect(abort=True)
+
     async def close(self) -> None:
-        if self.sio.connected:
-            await self.sio.disconnect()
+        """A clean client-side disconnect (what the room page does on unmount)."""
+        if self.sio.connected and not self.dropped:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.sio.disconnect(), 3)
 
 
 async def make_user(client: Any, db: asyncpg.Connection, name: str = "Ada", *, paid: bool = True,
