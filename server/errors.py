@@ -6,6 +6,9 @@ The `error` strings are the original server's: the unmodified client matches sub
 
 from __future__ import annotations
 
+import asyncio
+import stat
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -55,10 +58,34 @@ _HTTP_CODES = {
 }
 
 
+def _error(status: int) -> web.Response:
+    code, message = _HTTP_CODES.get(status, ("http_error", "Error"))
+    return web.json_response({"error": message, "code": code}, status=status)
+
+
+def _servable(path: Path) -> int:
+    """The status a FileResponse for `path` would answer with: 200, or 404/403 (empty bodies)."""
+    try:
+        mode = path.stat().st_mode
+    except PermissionError:
+        return 403
+    except OSError:
+        return 404
+    return 200 if stat.S_ISREG(mode) else 403
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
-        return await handler(request)
+        response = await handler(request)
+        # A static FileResponse only discovers a missing file while it is being sent, and then answers
+        # with an empty body: check first so that the client gets JSON like every other error.
+        path = getattr(response, "_path", None)
+        if isinstance(response, web.FileResponse) and isinstance(path, Path):
+            status = await asyncio.to_thread(_servable, path)
+            if status != 200:
+                return _error(status)
+        return response
     except ApiError as exc:
         return exc.response()
     except web.HTTPException as exc:
