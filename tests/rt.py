@@ -30,6 +30,10 @@ class Peer:
             self.events.append((event, data))
             self._changed.set()
 
+        @self.sio.on("connect_error")
+        async def _refused(data: Any = None) -> None:
+            self.events.append(("connect_error", data))
+
     async def connect(self, capabilities: list[str] | None = None, auth_event: bool = True,
                       token: str | None = None, headers: dict[str, str] | None = None) -> Peer:
         auth: dict[str, Any] = {}
