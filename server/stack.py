@@ -138,7 +138,7 @@ class Stack:
 
     # ---- services ----
     def _spawn(self, name: str, argv: list[str], user: str | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.root / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        log = open(self.root / "logs" / f"{name}.log", "ab")
         proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, user=user, cwd=self.root,
