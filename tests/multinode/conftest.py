@@ -64,6 +64,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.multinode)
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if pytest itself dies (even by SIGKILL), so no node outlives the run."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Node:
     """One server process."""
 
@@ -86,7 +94,7 @@ class Node:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "server", "serve", "--port", str(self.port)],
                 env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -387,6 +395,17 @@ async def drop_transport(p: Peer) -> None:
         if not p.sio.connected:
             break
         await asyncio.sleep(0.02)
+
+
+async def leave_page(p: Peer) -> None:
+    """An explicit client disconnect, as the room page's unmount sends it (Socket.IO DISCONNECT packet).
+    python-socketio's own disconnect() queues that packet and closes the websocket at once, so the
+    server often sees a plain transport close instead; here the packet goes out first."""
+    from socketio import packet
+
+    await p.sio._send_packet(p.sio.packet_class(packet.DISCONNECT, namespace="/"))
+    await asyncio.sleep(0.1)
+    await p.close()
 
 
 async def get_json(http: aiohttp.ClientSession, url: str, token: str | None = None) -> tuple[int, Any]:

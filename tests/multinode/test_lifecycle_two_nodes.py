@@ -13,6 +13,7 @@ from tests.multinode.conftest import (
     drop_transport,
     eventually,
     get_json,
+    leave_page,
 )
 from tests.rt import Peer
 
@@ -355,3 +356,57 @@ async def _wait_row(db, sql: str):
     row = await eventually(probe)
     assert row is not None, f"no row for {sql}"
     return row
+
+
+async def test_explicit_leave_finalises_at_once_for_partner_on_other_node(users, peers, n1, n2, db):
+    """F13: the room page unmounts (explicit disconnect): no grace, the survivor is told at once."""
+    _a, b, pa, pb = await _pair(users, peers, n1, n2)
+    sa, _ = await _call(pa, pb)
+    for p in (pa, pb):
+        await p.emit("room:join", {"roomId": sa["roomId"]})
+        await p.wait("room:joined")
+    t0 = time.monotonic()
+    await leave_page(pb)
+    assert await pa.wait("peer:disconnected", timeout=2) == {"userId": b["userId"]}
+    fin = await pa.wait("session:finalized", timeout=2)
+    assert time.monotonic() - t0 < 1.5
+    assert fin == {"sessionId": sa["sessionId"], "reason": "disconnect"}
+    assert not pa.all("room:partner-disconnected")
+    row = await _wait_row(db, "SELECT reason FROM cooldowns")
+    assert row["reason"] == "call"
+
+
+async def test_caller_lost_while_pending_rescinds_after_grace(users, peers, n1, n2, db, rds):
+    """F5: the caller's network goes while the invite is pending (kept alive with extend-wait, so the
+    expiry does not come first): after the grace the callee, on the other node, gets call:rescinded."""
+    _a, b, pa, pb = await _pair(users, peers, n1, n2)
+    notify = await _invite(pa, pb)
+    await pa.emit("call:extend-wait", {"toUserId": b["userId"]})
+    await pb.wait("call:wait-extended")
+    t0 = time.monotonic()
+    await drop_transport(pa)
+    await pb.quiet("call:rescinded", GRACE_S - 0.5)  # not before the grace ends
+    r = await pb.wait("call:rescinded", timeout=2.5)
+    assert r == {"inviteId": notify["inviteId"]}
+    assert GRACE_S - 0.3 <= time.monotonic() - t0 <= GRACE_S + 2
+    row = await _wait_row(db, "SELECT reason, expires_at - now() AS left FROM cooldowns")
+    assert row["reason"] == "rescinded" and 3500 < row["left"].total_seconds() <= 3600
+    assert not await rds.keys("inv:*")
+
+
+async def test_callee_reconnecting_on_other_node_is_notified_again(users, peers, n1, n2):
+    """E3(d): a callee whose socket drops while an invite with more than 5 s left is pending sees the
+    invite again on its new socket (other node), with the remaining time."""
+    a, b, pa, pb = await _pair(users, peers, n1, n2)
+    notify = await _invite(pa, pb)
+    await pa.emit("call:extend-wait", {"toUserId": b["userId"]})
+    ext = await pb.wait("call:wait-extended")
+    await drop_transport(pb)
+    pb2 = await peers(n1, b, "B2")
+    again = await pb2.wait("call:notify")
+    assert again["inviteId"] == notify["inviteId"] and again["expiresAt"] == ext["expiresAt"]
+    assert 5000 < again["ttlMs"] <= notify["ttlMs"] + 20_000
+    assert again["fromUser"]["userId"] == a["userId"] and set(again["fromUser"]) == FROM_USER_KEYS
+    await pb2.emit("call:accept", {"inviteId": notify["inviteId"], "requestedSeconds": 120})
+    assert (await pa.wait("call:start"))["peerUser"]["userId"] == b["userId"]
+    assert (await pb2.wait("call:start"))["isInitiator"] is False
