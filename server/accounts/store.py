@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 from uuid import UUID
 
 import asyncpg
 
-Conn = asyncpg.Connection | asyncpg.Pool
+Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 USER_COLUMNS = """u.id, u.account_type, u.name, u.gender, u.email, u.selfie_key, u.video_key, u.socials,
     u.role, u.is_bot, u.paid_status, u.paid_at, u.qr_unlocked_at, u.successful_sessions,
@@ -16,11 +16,11 @@ USER_COLUMNS = """u.id, u.account_type, u.name, u.gender, u.email, u.selfie_key,
 
 
 async def insert_guest(conn: Conn, name: str, gender: str, introduced_to: UUID | None,
-                       introduced_by: UUID | None, via_code: str | None) -> asyncpg.Record:
+                       introduced_by: UUID | None, via_code: str | None, is_bot: bool = False) -> asyncpg.Record:
     return await conn.fetchrow(
-        f"""INSERT INTO users AS u (name, gender, introduced_to, introduced_by, introduced_via_code)
-            VALUES ($1, $2, $3, $4, $5) RETURNING {USER_COLUMNS}""",
-        name, gender, introduced_to, introduced_by, via_code,
+        f"""INSERT INTO users AS u (name, gender, introduced_to, introduced_by, introduced_via_code, is_bot)
+            VALUES ($1, $2, $3, $4, $5, $6) RETURNING {USER_COLUMNS}""",
+        name, gender, introduced_to, introduced_by, via_code, is_bot,
     )
 
 

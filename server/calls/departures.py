@@ -46,7 +46,7 @@ async def user_gone(deps: Deps, user_id: str) -> None:
 
 async def _end_invites(deps: Deps, user_id: str) -> None:
     """Outgoing invite -> rescinded (1 h cooldown); incoming -> declined as offline (no cooldown)."""
-    incoming = await deps.redis.get(f"u:{user_id}:in") or ""
+    incoming = str(await deps.redis.get(f"u:{user_id}:in") or "")
     for invite_id in ("", incoming) if incoming else ("",):
         ended = await state.end_invite(deps.redis, "gone", user_id, now_ms(), invite_id=invite_id)
         if isinstance(ended, state.Ended):

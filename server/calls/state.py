@@ -191,7 +191,7 @@ async def accept_invite(r: aioredis.Redis, invite_id: str, callee: str, room_id:
 
 
 async def get_invite(r: aioredis.Redis, invite_id: str) -> dict[str, str]:
-    return dict(await r.hgetall(f"inv:{invite_id}"))
+    return {str(k): str(v) for k, v in (await r.hgetall(f"inv:{invite_id}")).items()}
 
 
 async def cooldown_left_ms(r: aioredis.Redis, me: str, others: list[str]) -> dict[str, int]:
@@ -354,7 +354,7 @@ async def finalize(r: aioredis.Redis, room_id: str, reason: str, now: int, coold
 
 
 async def get_room(r: aioredis.Redis, room_id: str) -> dict[str, str]:
-    return dict(await r.hgetall(f"room:{room_id}"))
+    return {str(k): str(v) for k, v in (await r.hgetall(f"room:{room_id}")).items()}
 
 
 async def transcript(r: aioredis.Redis, room_id: str) -> list[dict[str, Any]]:
@@ -366,4 +366,5 @@ async def has_joined(r: aioredis.Redis, room_id: str, uid: str) -> bool:
 
 
 async def user_room(r: aioredis.Redis, uid: str) -> str | None:
-    return await r.get(f"u:{uid}:room")
+    room = await r.get(f"u:{uid}:room")
+    return str(room) if room else None

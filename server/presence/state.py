@@ -146,7 +146,7 @@ async def online_map(redis: aioredis.Redis, user_ids: Iterable[str]) -> dict[str
 
 
 async def available_users(redis: aioredis.Redis) -> set[str]:
-    return set(await redis.smembers("available"))
+    return {str(u) for u in await redis.smembers("available")}
 
 
 async def online_count(redis: aioredis.Redis) -> int:
@@ -154,7 +154,7 @@ async def online_count(redis: aioredis.Redis) -> int:
 
 
 async def user_sids(redis: aioredis.Redis, user_id: str) -> set[str]:
-    return set(await redis.smembers(sockets_key(user_id)))
+    return {str(s) for s in await redis.smembers(sockets_key(user_id))}
 
 
 async def heartbeat(redis: aioredis.Redis, node: str, now_ms: int) -> None:
@@ -163,7 +163,7 @@ async def heartbeat(redis: aioredis.Redis, node: str, now_ms: int) -> None:
 
 async def dead_nodes(redis: aioredis.Redis, stale_before_ms: int) -> list[str]:
     nodes = await redis.hgetall("nodes")
-    return [n for n, seen in nodes.items() if int(seen) < stale_before_ms]
+    return [str(n) for n, seen in nodes.items() if int(seen) < stale_before_ms]
 
 
 async def reap_node(redis: aioredis.Redis, node: str, stale_before_ms: int) -> list[str]:

@@ -248,3 +248,14 @@ async def test_history_requires_auth_and_lists_newest_first(client, db):
     body = await (await client.get("/room/history", headers=auth(a["sessionToken"]))).json()
     assert body == {"history": []}
     json.dumps(body)
+
+
+async def test_handshake_from_a_foreign_origin_is_refused(client, db):
+    a = await make_user(client, db)
+    evil = Peer(str(client.make_url("/")), a["sessionToken"])
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await evil.connect(headers={"Origin": "https://evil.example"})
+    ok = Peer(str(client.make_url("/")), a["sessionToken"])
+    await ok.connect(headers={"Origin": "http://localhost:3000"})  # on the allow-list
+    assert ok.sio.connected
+    await ok.close()
