@@ -1,0 +1,176 @@
+"""Chromium running the browser stub (frontend-stub/) in real calls, with real media.
+
+Chromium <-> Chromium: each page is served by a different server node (two processes sharing the
+session's Postgres and Redis, as in tests/multinode), signs up through the form, invites / accepts
+through the UI, and connects with TURN credentials fetched by the page from its node. `?relay=1`
+makes both sides relay-only, so media goes through the session's coturn (see
+tests/e2e/browser/chromium.py for why that, and not `unshare --net`). Media must flow both ways:
+the test reads decoded and sent frame counts from getStats() (window.__stats()), never page text.
+A screenshot of each page is saved under test-artifacts/browser/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from server.settings import Settings
+from server.stack import Stack
+from tests.conftest import reset_state
+from tests.e2e.browser.chromium import BrowserLog, brief, open_page, require_chromium, stats
+from tests.multinode.conftest import Cluster
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+
+MIN_FRAMES = 30
+MEDIA_WITHIN_S = 25.0
+# Real invite window (the multinode suite shortens it to 2 s); payment off so guests can go online.
+NODE_ENV = {"REQUIRE_PAYMENT": "false", "INVITE_TTL_MS": "20000", "INVITE_EXPIRY_GRACE_MS": "2000"}
+
+
+@pytest.fixture(scope="module")
+def nodes(stack: Stack, base_settings: Settings) -> Iterator[Cluster]:
+    require_chromium()
+    asyncio.run(reset_state(base_settings))  # no one left online by earlier tests
+    cluster = Cluster(stack, NODE_ENV)
+    # Each node serves the stub itself, so its own origin must pass the Socket.IO/CORS allow-list
+    # (ports are known only now; the nodes share this environment dict).
+    cluster.env["ALLOWED_ORIGINS"] = ",".join(n.url for n in cluster.nodes)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def signup(page: Any, name: str, gender: str) -> str:
+    await page.wait_for_selector("#view-signup:not([hidden])")
+    await page.fill("#signup-name", name)
+    await page.select_option("#signup-gender", gender)
+    await page.click("#signup-submit")
+    await page.wait_for_selector("#view-lobby:not([hidden])")
+    return await page.evaluate("window.__napalm.session.userId")
+
+
+async def give_profile_media(database_url: str, user_ids: list[str]) -> None:
+    """The queue lists only users with a selfie and an intro video: set their keys directly."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        for uid in user_ids:
+            await conn.execute("UPDATE users SET selfie_key = $2, video_key = $3 WHERE id = $1",
+                               uid, f"users/{uid}/selfie-1.jpg", f"users/{uid}/intro-1.webm")
+    finally:
+        await conn.close()
+
+
+def _video(s: dict[str, Any], direction: str) -> dict[str, Any]:
+    return (s.get(direction) or {}).get("video") or {}
+
+
+async def wait_media(page: Any, log: BrowserLog, within: float) -> dict[str, Any]:
+    """Until this page has decoded and sent more than MIN_FRAMES video frames."""
+    end = time.monotonic() + within
+    while True:
+        s = await stats(page)
+        if (_video(s, "inbound").get("framesDecoded") or 0) > MIN_FRAMES \
+                and (_video(s, "outbound").get("framesSent") or 0) > MIN_FRAMES:
+            return s
+        if time.monotonic() > end:
+            pytest.fail(f"{log.name}: no media within {within}s: {brief(s)}\n--- console ---\n{log.tail()}")
+        await asyncio.sleep(0.2)
+
+
+async def fps(page: Any, seconds: float = 2.0) -> float:
+    a, t0 = await stats(page), time.monotonic()
+    await asyncio.sleep(seconds)
+    b, t1 = await stats(page), time.monotonic()
+    return (_video(b, "inbound")["framesDecoded"] - _video(a, "inbound")["framesDecoded"]) / (t1 - t0)
+
+
+async def test_chromium_to_chromium_across_two_nodes(nodes: Cluster, base_settings: Settings, stack: Stack,
+                                                     artifacts: Path, tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright
+
+    n1, n2 = nodes[0], nodes[1]
+    marks = {n.name: n.log_size() for n in nodes.nodes}
+    out = artifacts / "browser"
+    async with async_playwright() as pw, \
+            open_page(pw, tmp_path / "caller", "chromium_caller", out) as (pa, la), \
+            open_page(pw, tmp_path / "callee", "chromium_callee", out) as (pb, lb):
+        await asyncio.gather(pa.goto(f"{n1.url}/?relay=1"), pb.goto(f"{n2.url}/?relay=1"))
+        caller_id, callee_id = await asyncio.gather(signup(pa, "Alice", "female"), signup(pb, "Bob", "male"))
+        await give_profile_media(base_settings.database_url, [caller_id, callee_id])
+
+        # The caller (node 1) finds the callee (node 2) in the online list and invites for 60 s.
+        await pa.click("#refresh")
+        invite = pa.locator(f'button[data-invite="{callee_id}"]')
+        await invite.wait_for(timeout=10_000)
+        await pa.fill("#duration", "60")
+        await invite.click()
+
+        await pb.locator("#incoming").wait_for(state="visible", timeout=10_000)
+        await pb.click("#incoming-accept")
+        t_accept = time.monotonic()
+
+        sa, sb = await asyncio.gather(wait_media(pa, la, MEDIA_WITHIN_S), wait_media(pb, lb, MEDIA_WITHIN_S))
+        media_s = time.monotonic() - t_accept
+        fps_a, fps_b = await asyncio.gather(fps(pa), fps(pb))
+        sa, sb = await asyncio.gather(stats(pa), stats(pb))
+
+        low, high = stack.relay_ports
+        for s, log in ((sa, la), (sb, lb)):
+            assert s["connectionState"] == "connected", (log.name, brief(s))
+            assert _video(s, "inbound")["framesDecoded"] > MIN_FRAMES, brief(s)
+            assert _video(s, "outbound")["framesSent"] > MIN_FRAMES, brief(s)
+            assert _video(s, "inbound")["frameWidth"] > 0, brief(s)
+            assert ((s["inbound"].get("audio") or {}).get("packetsReceived") or 0) > 0, brief(s)
+            pair = s["pair"]
+            assert pair and pair["state"] == "succeeded", brief(s)
+            # Relay on both ends, on this session's coturn.
+            assert (pair["local"]["type"], pair["remote"]["type"]) == ("relay", "relay"), pair
+            for end in (pair["local"], pair["remote"]):
+                assert end["address"] == "127.0.0.1" and low <= end["port"] <= high, pair
+            assert s["iceProvider"] and s["relayOnly"], s
+        assert fps_a > 5 and fps_b > 5, (fps_a, fps_b)
+
+        # Timings from the pages' own clocks (one machine): accept click -> media connected.
+        tl_a, tl_b = sa["timeline"], sb["timeline"]
+        accept_ms = tl_b["acceptClicked"]
+        report = {
+            "acceptToConnectedMs": {"caller": tl_a["connected"] - accept_ms, "callee": tl_b["connected"] - accept_ms},
+            "acceptToFirstFrameMs": {"caller": tl_a.get("firstFrame", 0) - accept_ms,
+                                     "callee": tl_b.get("firstFrame", 0) - accept_ms},
+            "acceptToMoreThan30FramesBothWaysS": round(media_s, 3),
+            "decodedFps": {"caller": round(fps_a, 1), "callee": round(fps_b, 1)},
+            "caller": sa, "callee": sb, "nodes": {"caller": n1.url, "callee": n2.url},
+        }
+
+        # Chat crosses the nodes too (the sender sees its own message only from the server's echo).
+        await pa.fill("#chat-input", "hello from Alice")
+        await pa.press("#chat-input", "Enter")
+        await pb.locator("#chat-log li", has_text="hello from Alice").wait_for(timeout=5_000)
+        await pa.locator("#chat-log li", has_text="hello from Alice").wait_for(timeout=5_000)
+
+        await asyncio.gather(pa.screenshot(path=str(out / "chromium_caller.png"), full_page=True),
+                             pb.screenshot(path=str(out / "chromium_callee.png"), full_page=True))
+
+        # Ending from one side lands both on the end screen (session:finalized).
+        await pa.click("#end-call")
+        await asyncio.gather(pa.wait_for_selector("#view-ended:not([hidden])", timeout=10_000),
+                             pb.wait_for_selector("#view-ended:not([hidden])", timeout=10_000))
+        ended = await asyncio.gather(pa.evaluate("window.__napalm.lastEnded"), pb.evaluate("window.__napalm.lastEnded"))
+        assert ended[0]["sessionId"] and ended[0]["sessionId"] == ended[1]["sessionId"], ended
+
+    (out / "chromium_pair.json").write_text(json.dumps(report, indent=2))
+    print("\nChromium<->Chromium across two nodes:", json.dumps(
+        {k: report[k] for k in ("acceptToConnectedMs", "acceptToFirstFrameMs",
+                                "acceptToMoreThan30FramesBothWaysS", "decodedFps")}))
+    errors = [f"{n.name}: {line}" for n in nodes.nodes for line in n.errors_since(marks[n.name])]
+    assert not errors, "server errors during the test:\n" + "\n".join(errors[:20])
