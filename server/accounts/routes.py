@@ -26,6 +26,7 @@ GUEST_SCHEMA = {
         "gender": {"enum": GENDERS, "x-error": "Invalid gender"},
         "referralCode": {"type": ["string", "null"], "maxLength": 64},
         "inviteCode": {"type": ["string", "null"], "maxLength": 64, "x-error": "Invalid invite code format"},
+        "isBot": {"type": ["boolean", "null"], "x-error": "isBot must be a boolean"},  # test bots (bots/)
     },
 }
 CREDENTIALS = {
@@ -67,7 +68,7 @@ async def guest(request: web.Request) -> web.Response:
         raise bad_request("Name must be 40 characters or fewer", code="validation_failed")
     invite = (body.get("inviteCode") or "").strip() or None
     result = await service.guest_signup(deps_of(request), _client(request), name, body["gender"],
-                                        body.get("referralCode") or None, invite)
+                                        body.get("referralCode") or None, invite, is_bot=bool(body.get("isBot")))
     return web.json_response(result)
 
 

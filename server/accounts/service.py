@@ -39,7 +39,7 @@ async def _limit(deps: Deps, key: str, limit: int, window_s: int, message: str, 
 
 
 async def guest_signup(deps: Deps, client: Client, name: str, gender: str,
-                       referral_code: str | None, invite_code: str | None) -> dict[str, Any]:
+                       referral_code: str | None, invite_code: str | None, is_bot: bool = False) -> dict[str, Any]:
     s = deps.settings
     if invite_code is not None:
         invite_code = codes.normalize(invite_code)
@@ -56,7 +56,7 @@ async def guest_signup(deps: Deps, client: Client, name: str, gender: str,
         user = await store.insert_guest(
             conn, name, gender,
             ref["target_user_id"] if ref else None, ref["created_by"] if ref else None,
-            ref["code"] if ref else None,
+            ref["code"] if ref else None, is_bot=is_bot,
         )
         if invite_code:
             await codes.redeem(conn, invite_code, user["id"])  # raises -> the whole signup rolls back
@@ -64,7 +64,8 @@ async def guest_signup(deps: Deps, client: Client, name: str, gender: str,
         token, _, _ = await start_session(conn, user["id"], "guest", s.guest_session_days, client.ip,
                                           client.user_agent)
     target = await store.get_user(deps.db, ref["target_user_id"]) if ref else None
-    log.info("guest_signup", user_id=str(user["id"]), referred=ref is not None, invite_code=bool(invite_code))
+    log.info("guest_signup", user_id=str(user["id"]), referred=ref is not None, invite_code=bool(invite_code),
+             is_bot=is_bot)
     return {
         "userId": str(user["id"]),
         "sessionToken": token,
