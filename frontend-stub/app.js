@@ -8,6 +8,8 @@
  * candidates from the partner are applied too.
  *
  * URL options: ?relay=1 forces iceTransportPolicy "relay" (TURN only, like the original on iOS).
+ * ?pool=N sets iceCandidatePoolSize (default 0). The original client uses 10, which pre-allocates up
+ * to 10 x (TURN URLs) relay allocations per call and can hit coturn's per-user quota (486).
  *
  * For tests: window.__napalm (state and timeline) and window.__stats() (getStats summary).
  */
@@ -20,6 +22,7 @@
   const CAPABILITIES = ["deadline", "resume", "typed-errors", "busy"];
   const params = new URLSearchParams(location.search);
   const RELAY_ONLY = params.get("relay") === "1";
+  const POOL_SIZE = Math.min(10, Math.max(0, Number(params.get("pool")) || 0));
 
   const $ = (id) => document.getElementById(id);
   const state = {
@@ -44,6 +47,9 @@
     const heading = $(`view-${view}`).querySelector("h2");
     if (heading) { heading.tabIndex = -1; heading.focus({ preventScroll: true }); }
   }
+
+  // A short trace of the call's steps in the console (people debugging, and the tests' browser logs).
+  function trace(...args) { console.info("[napalm]", ...args); }
 
   function toast(text, ms = 5000) {
     const p = document.createElement("p");
@@ -347,7 +353,7 @@
       res = await api("/media/video", { method: "POST", form: video });
       if (!res.ok) throw new Error(res.data.error || `video upload failed (${res.status})`);
       status.textContent = "Done: others can now see you.";
-      $("profile-setup").hidden = true;
+      $("profile-record").hidden = true;
       goAvailable();
     } catch (e) {
       status.textContent = `Could not set up your profile: ${e.message || e}`;
@@ -412,6 +418,7 @@
     if (state.socket) state.socket.emit("queue:leave");
     const call = newCall(d, how);
     state.call = call;
+    trace(`${how} room ${d.roomId} as ${call.isInitiator ? "initiator" : "responder"}, agreed ${d.agreedSeconds} s`);
     $("call-title").textContent = `Call with ${call.peer.name}`;
     $("remote-label").textContent = call.peer.name;
     $("chat-log").replaceChildren();
@@ -432,6 +439,7 @@
       const creds = await api("/turn/credentials");
       if (creds.ok && Array.isArray(creds.data.iceServers)) {
         call.iceServers = creds.data.iceServers; call.iceProvider = creds.data.provider;
+        trace(`TURN credentials from ${creds.data.provider}: ${call.iceServers.map((s) => [].concat(s.urls).join(" ")).join(" | ")}`);
       } else {
         toast(`No TURN credentials (${creds.status}); trying without a relay.`);
       }
@@ -450,7 +458,7 @@
   function buildPeer(call) {
     if (call.pc) { call.pc.onconnectionstatechange = null; call.pc.close(); }
     const pc = new RTCPeerConnection({
-      iceServers: call.iceServers, iceCandidatePoolSize: 10, bundlePolicy: "max-bundle",
+      iceServers: call.iceServers, iceCandidatePoolSize: POOL_SIZE, bundlePolicy: "max-bundle",
       rtcpMuxPolicy: "require", iceTransportPolicy: RELAY_ONLY ? "relay" : "all",
     });
     call.pc = pc;
@@ -464,6 +472,7 @@
         state.socket.emit("rtc:ice", { roomId: call.roomId, candidate: e.candidate.toJSON() });
       }
     };
+    pc.onicecandidateerror = (e) => trace(`ICE candidate error ${e.errorCode} ${e.errorText} (${e.url})`);
     pc.ontrack = (e) => {
       if (call.pc !== pc) return;
       if (!call.remoteStream) { call.remoteStream = new MediaStream(); $("remote-video").srcObject = call.remoteStream; }
@@ -476,6 +485,7 @@
     pc.onconnectionstatechange = () => {
       if (call.pc !== pc || state.call !== call) return;
       const s = pc.connectionState;
+      trace(`connection ${s} (ICE ${pc.iceConnectionState})`);
       if (s === "connected") { call.failures = 0; checkConnected(call); callStatus("Connected."); }
       else if (s === "disconnected") callStatus("Connection interrupted; reconnecting…");
       else if (s === "failed") onIceFailed(call);
@@ -496,6 +506,9 @@
     if (state.call !== call || call.pc !== pc) return;
     const d = pc.localDescription;
     call.descriptionSent = true;  // set together with the read of localDescription (single-threaded)
+    const cands = (d.sdp.match(/^a=candidate:.*$/gm) || []);
+    trace(`sending ${d.type} with ${cands.length} candidate(s) (gathering ${pc.iceGatheringState}): ${cands.map((c) => c.split(" ").slice(4, 8).join(" ")).join(", ")}`);
+    if (!cands.length) callStatus("No ICE candidates: the relay (TURN) may have refused our credentials. Still trying…");
     state.socket.emit(`rtc:${d.type}`, { roomId: call.roomId, [d.type]: { type: d.type, sdp: d.sdp } });
     call.timeline[d.type === "offer" ? "offerSent" : "answerSent"] = Date.now();
   }
@@ -524,6 +537,7 @@
     if (pc.signalingState === "have-local-offer") await pc.setLocalDescription({ type: "rollback" });
     await pc.setRemoteDescription(d.offer);
     call.timeline.offerReceived = Date.now();
+    trace("offer received");
     await flushIce(call);
     call.descriptionSent = false;
     await pc.setLocalDescription(await pc.createAnswer());
@@ -537,6 +551,7 @@
     if (!call || !call.pc || !d || !d.answer || call.pc.signalingState !== "have-local-offer") return;
     await call.pc.setRemoteDescription(d.answer);
     call.timeline.answerReceived = Date.now();
+    trace("answer applied");
     await flushIce(call);
     callStatus("Connecting…");
   }
@@ -557,6 +572,7 @@
     if (call.connectedReported || !call.pc || call.pc.connectionState !== "connected" || !call.remoteTrack) return;
     call.connectedReported = true;
     call.timeline.connected = Date.now();
+    trace(`media connected ${call.timeline.connected - call.timeline.callStart} ms after call start`);
     state.socket.emit("call:connected", { roomId: call.roomId });
   }
 
@@ -585,6 +601,7 @@
 
   function onResume(d) {
     syncClock(d.serverNow);
+    trace(`call:resume for room ${d.roomId}`);
     const call = state.call;
     if (call && call.roomId === d.roomId) {
       call.endsAt = d.endsAt;
@@ -646,6 +663,7 @@
   }
 
   function onFinalized(d) {
+    trace("session finalized", JSON.stringify(d));
     const call = state.call;
     if (!call && state.view === "ended") return;  // a repeat (e.g. our own late call:end)
     const reason = (d && d.reason) || "ended";

@@ -7,6 +7,13 @@ makes both sides relay-only, so media goes through the session's coturn (see
 tests/e2e/browser/chromium.py for why that, and not `unshare --net`). Media must flow both ways:
 the test reads decoded and sent frame counts from getStats() (window.__stats()), never page text.
 A screenshot of each page is saved under test-artifacts/browser/.
+
+Chromium <-> aiortc bot (bots/client.py), browser on one node and bot on the other, both relay-only,
+in both roles: the browser invites a waiting bot (the browser offers, the bot answers), and a bot
+invites the first user of its deck, a browser that put itself there by recording its selfie and intro
+with the stub (real JPEG/WebM uploads). The bot must receive frames from the browser's camera; the
+browser must decode the bot's frames, and the frame numbers the bot draws are read back out of the
+browser's <video> element (so the pixels shown really are the bot's, in order).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from server.settings import Settings
 from server.stack import Stack
 from tests.conftest import reset_state
 from tests.e2e.browser.chromium import BrowserLog, brief, open_page, require_chromium, stats
-from tests.multinode.conftest import Cluster
+from tests.multinode.conftest import Cluster, Node
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -139,6 +146,11 @@ async def test_chromium_to_chromium_across_two_nodes(nodes: Cluster, base_settin
                 assert end["address"] == "127.0.0.1" and low <= end["port"] <= high, pair
             assert s["iceProvider"] and s["relayOnly"], s
         assert fps_a > 5 and fps_b > 5, (fps_a, fps_b)
+        # Both pages reported call:connected (E11): the server's deadline, which each page counts down
+        # to, shrank from accept + 60 s + 90 s to connected + 60 s + 5 s.
+        for p in (pa, pb):
+            left = await p.evaluate("(window.__napalm.call.endsAt - (Date.now() + window.__napalm.clockOffset)) / 1000")
+            assert 45 < left <= 65.5, left
 
         # Timings from the pages' own clocks (one machine): accept click -> media connected.
         tl_a, tl_b = sa["timeline"], sb["timeline"]
@@ -172,5 +184,134 @@ async def test_chromium_to_chromium_across_two_nodes(nodes: Cluster, base_settin
     print("\nChromium<->Chromium across two nodes:", json.dumps(
         {k: report[k] for k in ("acceptToConnectedMs", "acceptToFirstFrameMs",
                                 "acceptToMoreThan30FramesBothWaysS", "decodedFps")}))
+    errors = [f"{n.name}: {line}" for n in nodes.nodes for line in n.errors_since(marks[n.name])]
+    assert not errors, "server errors during the test:\n" + "\n".join(errors[:20])
+
+
+# ---------------------------------------------------------------------------------- Chromium <-> bot
+REMOTE_LUMA_JS = """() => {
+  const v = document.getElementById("remote-video");
+  const w = v.videoWidth, h = v.videoHeight;
+  if (!w || !h) return null;
+  const c = document.createElement("canvas");
+  c.width = w; c.height = h;
+  const g = c.getContext("2d", { willReadFrequently: true });
+  g.drawImage(v, 0, 0, w, h);
+  const d = g.getImageData(0, 0, w, h).data;
+  const y = new Uint8Array(w * h);  // BT.601 video-range luma, as the bot drew it
+  for (let i = 0, j = 0; j < y.length; i += 4, j++) {
+    y[j] = Math.round(16 + (65.481 * d[i] + 128.553 * d[i + 1] + 24.966 * d[i + 2]) / 255);
+  }
+  let s = "";
+  for (let k = 0; k < y.length; k += 0x8000) s += String.fromCharCode.apply(null, y.subarray(k, k + 0x8000));
+  return { w, h, data: btoa(s) };
+}"""
+
+
+async def shown_frame_number(page: Any) -> int | None:
+    """The number the bot drew in the frame the browser's remote <video> shows now."""
+    import base64
+
+    from bots import media
+
+    got = await page.evaluate(REMOTE_LUMA_JS)
+    if not got:
+        return None
+    bits = media.read_bits(base64.b64decode(got["data"]), got["w"], got["h"], got["w"])
+    return media.decode_bits(bits) if bits is not None else None
+
+
+async def frame_numbers(page: Any, count: int = 3, gap: float = 0.4) -> list[int | None]:
+    out = []
+    for _ in range(count):
+        out.append(await shown_frame_number(page))
+        await asyncio.sleep(gap)
+    return out
+
+
+def make_bot(node: Node, lines: list[str], **opts: Any) -> Any:
+    from bots.client import Bot, BotOptions
+
+    return Bot(BotOptions(server=node.url, relay=True, requested_seconds=60, wait_timeout=30,
+                          connect_timeout=30, **opts), log=lines.append)
+
+
+@pytest.mark.parametrize("who_calls", ["browser", "bot"])
+async def test_chromium_and_bot_across_two_nodes(who_calls: str, nodes: Cluster, stack: Stack, artifacts: Path,
+                                                 tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright
+
+    n1, n2 = nodes[0], nodes[1]
+    marks = {n.name: n.log_size() for n in nodes.nodes}
+    out = artifacts / "browser"
+    bot_log: list[str] = []
+    async with async_playwright() as pw, \
+            open_page(pw, tmp_path / "profile", f"chromium_vs_bot_{who_calls}_calls", out) as (page, log):
+        await page.goto(f"{n1.url}/?relay=1")
+        await signup(page, f"Carol-{who_calls}", "female")
+        if who_calls == "browser":
+            bot = make_bot(n2, bot_log, name="WaitBot", mode="wait", seconds=10)
+            bot_task = asyncio.create_task(bot.run())
+            await asyncio.wait_for(bot.available.wait(), 15)
+            await page.click("#refresh")
+            invite = page.locator(f'button[data-invite="{bot.user_id}"]')
+            await invite.wait_for(timeout=10_000)
+            await page.fill("#duration", "60")
+            await invite.click()
+        else:
+            # The stub's own profile step: a selfie and a 3 s intro from the (fake) camera, uploaded for
+            # real, puts this browser in the bot's deck.
+            await page.click("#profile-record")
+            await page.locator("#profile-status", has_text="Done").wait_for(timeout=20_000)
+            bot = make_bot(n2, bot_log, name="CallBot", mode="invite-first", seconds=10)
+            bot_task = asyncio.create_task(bot.run())
+            await page.locator("#incoming").wait_for(state="visible", timeout=20_000)
+            await page.click("#incoming-accept")
+
+        try:
+            s = await wait_media(page, log, MEDIA_WITHIN_S)
+            numbers = await frame_numbers(page)
+            rate = await fps(page)
+            s = await stats(page)
+            await page.screenshot(path=str(out / f"chromium_vs_bot_{who_calls}_calls.png"), full_page=True)
+            # The bot ends the call after 10 s of media: the browser lands on the end screen.
+            summary = await asyncio.wait_for(bot_task, 30)
+            await page.wait_for_selector("#view-ended:not([hidden])", timeout=10_000)
+        finally:
+            if not bot_task.done():
+                bot_task.cancel()
+            (out / f"bot_{who_calls}_calls.log").write_text("\n".join(bot_log) + "\n")
+
+    assert summary["ok"], (summary, "\n".join(bot_log[-30:]))
+    # The bot received the browser's camera...
+    assert summary["framesReceived"] > MIN_FRAMES, summary
+    # ... and the browser decoded the bot's video: counters, and the bot's frame numbers on screen, in order.
+    assert _video(s, "inbound")["framesDecoded"] > MIN_FRAMES, brief(s)
+    assert _video(s, "outbound")["framesSent"] > MIN_FRAMES, brief(s)
+    readable = [n for n in numbers if n is not None]
+    assert len(readable) >= 2 and readable == sorted(readable) and readable[-1] > readable[0], numbers
+    low, high = stack.relay_ports
+    pair = s["pair"]
+    assert (pair["local"]["type"], pair["remote"]["type"]) == ("relay", "relay"), pair
+    assert all(low <= end["port"] <= high for end in (pair["local"], pair["remote"])), pair
+    bot_pair = summary["candidatePair"]
+    assert (bot_pair["local"]["type"], bot_pair["remote"]["type"]) == ("relay", "relay"), bot_pair
+
+    tl = s["timeline"]
+    accept_ms = tl.get("acceptClicked")
+    report = {
+        "whoCalls": who_calls,
+        "browser": {"acceptToConnectedMs": tl["connected"] - accept_ms if accept_ms else None,
+                    "callStartToConnectedMs": tl["connected"] - tl["callStart"],
+                    "decodedFps": round(rate, 1), "frameNumbersShown": numbers, "stats": s},
+        "bot": {k: summary.get(k) for k in ("acceptToConnectedMs", "timeToConnectedMs", "timeToFirstFrameMs",
+                                           "framesSent", "framesReceived", "receivedFps", "candidatePair",
+                                           "endedBy")},
+    }
+    (out / f"chromium_vs_bot_{who_calls}_calls.json").write_text(json.dumps(report, indent=2))
+    print(f"\nChromium<->bot ({who_calls} calls):", json.dumps(
+        {"browser": {k: v for k, v in report["browser"].items() if k != "stats"}, "bot": {
+            k: report["bot"][k] for k in ("acceptToConnectedMs", "timeToConnectedMs", "framesReceived",
+                                          "receivedFps")}}))
     errors = [f"{n.name}: {line}" for n in nodes.nodes for line in n.errors_since(marks[n.name])]
     assert not errors, "server errors during the test:\n" + "\n".join(errors[:20])
