@@ -83,9 +83,29 @@ class Peer:
         assert len(self.all(event)) == before, f"unexpected {event}: {self.all(event)[before:]}"
 
     async def drop(self) -> None:
-        """Lose the connection abruptly (no close packet), like a network failure."""
+        """Cut the connection without a Socket.IO/Engine.IO close (network loss): the server sees
+        'transport close', which starts the disconnect grace."""
         self.dropped = True
-        await self.sio.eio.disconnect(abort=True)
+        ws = self.sio.eio.ws
+        transport = getattr(getattr(ws, "_conn", None), "transport", None) if ws is not None else None
+        if transport is not None:
+            transport.abort()
+        elif ws is not None:
+            await ws.close()
+        for _ in range(100):  # let the client notice, without it sending anything
+            if not self.sio.connected:
+                break
+            await asyncio.sleep(0.02)
+
+    async def leave(self) -> None:
+        """An explicit disconnect, as the room page's unmount sends it. python-socketio's own
+        disconnect() queues the DISCONNECT packet and closes the websocket at once, so the server
+        may see a plain transport close; here the packet goes out first."""
+        from socketio import packet
+
+        await self.sio._send_packet(self.sio.packet_class(packet.DISCONNECT, namespace="/"))
+        await asyncio.sleep(0.1)
+        await self.close()
 
     async def close(self) -> None:
         """A clean client-side disconnect (what the room page does on unmount)."""

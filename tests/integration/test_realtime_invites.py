@@ -255,7 +255,7 @@ async def test_caller_gone_at_accept_fails_cleanly_for_both(client, pair):
 async def test_caller_leaving_explicitly_rescinds_at_once(db, pair):
     pa, pb = pair
     notify = await invite(pa, pb)
-    await pa.close()  # explicit disconnect: no grace (§3.5)
+    await pa.leave()  # explicit disconnect: no grace (§3.5)
     assert (await pb.wait("call:rescinded", timeout=2))["inviteId"] == notify["inviteId"]
     assert (await cooldown_row(db, pa.user_id, pb.user_id))["reason"] == "rescinded"
 

@@ -198,7 +198,7 @@ async def test_explicit_leave_ends_the_call_for_the_survivor(db, call):
     for p in (pa, pb):
         await p.emit("room:join", {"roomId": room})
         await p.wait("room:joined")
-    await pb.close()  # the room page unmounts: explicit disconnect, no grace (F13)
+    await pb.leave()  # the room page unmounts: explicit disconnect, no grace (F13)
     assert (await pa.wait("peer:disconnected", timeout=2))["userId"] == pb.user_id
     fin = await pa.wait("session:finalized", timeout=2)
     assert fin["reason"] == "disconnect"

@@ -380,34 +380,6 @@ async def peers(rds: aioredis.Redis, cluster: Cluster) -> AsyncIterator[Peers]:
         await made.close()
 
 
-async def drop_transport(p: Peer) -> None:
-    """Cut a client's connection without a Socket.IO/Engine.IO close (network loss): the server sees
-    'transport close', which starts the disconnect grace."""
-    eio = p.sio.eio
-    ws = eio.ws
-    transport = getattr(getattr(ws, "_conn", None), "transport", None) if ws is not None else None
-    if transport is not None:
-        transport.abort()
-    elif ws is not None:
-        await ws.close()
-    # Let the client notice, without it sending anything.
-    for _ in range(100):
-        if not p.sio.connected:
-            break
-        await asyncio.sleep(0.02)
-
-
-async def leave_page(p: Peer) -> None:
-    """An explicit client disconnect, as the room page's unmount sends it (Socket.IO DISCONNECT packet).
-    python-socketio's own disconnect() queues that packet and closes the websocket at once, so the
-    server often sees a plain transport close instead; here the packet goes out first."""
-    from socketio import packet
-
-    await p.sio._send_packet(p.sio.packet_class(packet.DISCONNECT, namespace="/"))
-    await asyncio.sleep(0.1)
-    await p.close()
-
-
 async def get_json(http: aiohttp.ClientSession, url: str, token: str | None = None) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with http.get(url, headers=headers) as resp:

@@ -10,10 +10,8 @@ from tests.multinode.conftest import (
     GRACE_S,
     INVITE_GRACE_S,
     INVITE_TTL_S,
-    drop_transport,
     eventually,
     get_json,
-    leave_page,
 )
 from tests.rt import Peer
 
@@ -213,7 +211,7 @@ async def test_disconnect_grace_resume_on_other_node(users, peers, n1, n2, rds):
         await p.emit("room:join", {"roomId": room})
         await p.wait("room:joined")
 
-    await drop_transport(pb)  # the callee (node 2) loses its network
+    await pb.drop()  # the callee (node 2) loses its network
     pd = await pa.wait("room:partner-disconnected", timeout=3)
     assert pd == {"userId": b["userId"], "gracePeriodSeconds": GRACE_S}
     assert await rds.exists(f"u:{b['userId']}:away")
@@ -253,7 +251,7 @@ async def test_disconnect_grace_expires_finalises_for_survivor(users, peers, n1,
         await p.emit("room:join", {"roomId": room})
         await p.wait("room:joined")
     t0 = time.monotonic()
-    await drop_transport(pa)  # this time the caller (node 1) vanishes for good
+    await pa.drop()  # this time the caller (node 1) vanishes for good
     await pb.wait("room:partner-disconnected", timeout=3)
     gone = await pb.wait("peer:disconnected", timeout=GRACE_S + 3)
     took = time.monotonic() - t0
@@ -366,7 +364,7 @@ async def test_explicit_leave_finalises_at_once_for_partner_on_other_node(users,
         await p.emit("room:join", {"roomId": sa["roomId"]})
         await p.wait("room:joined")
     t0 = time.monotonic()
-    await leave_page(pb)
+    await pb.leave()
     assert await pa.wait("peer:disconnected", timeout=2) == {"userId": b["userId"]}
     fin = await pa.wait("session:finalized", timeout=2)
     assert time.monotonic() - t0 < 1.5
@@ -384,7 +382,7 @@ async def test_caller_lost_while_pending_rescinds_after_grace(users, peers, n1, 
     await pa.emit("call:extend-wait", {"toUserId": b["userId"]})
     await pb.wait("call:wait-extended")
     t0 = time.monotonic()
-    await drop_transport(pa)
+    await pa.drop()
     await pb.quiet("call:rescinded", GRACE_S - 0.5)  # not before the grace ends
     r = await pb.wait("call:rescinded", timeout=2.5)
     assert r == {"inviteId": notify["inviteId"]}
@@ -401,7 +399,7 @@ async def test_callee_reconnecting_on_other_node_is_notified_again(users, peers,
     notify = await _invite(pa, pb)
     await pa.emit("call:extend-wait", {"toUserId": b["userId"]})
     ext = await pb.wait("call:wait-extended")
-    await drop_transport(pb)
+    await pb.drop()
     pb2 = await peers(n1, b, "B2")
     again = await pb2.wait("call:notify")
     assert again["inviteId"] == notify["inviteId"] and again["expiresAt"] == ext["expiresAt"]
