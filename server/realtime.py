@@ -80,7 +80,8 @@ class Realtime:
             "deadline": rooms.on_deadline,
             "grace": departures.on_grace,
             "persist": rooms.on_persist,
-        }, on_dead_sid=lambda d, sid: departures.socket_gone(d, sid, explicit=False))
+        }, on_dead_sid=lambda d, sid: departures.socket_gone(d, sid, explicit=False),
+            on_registry_lost=self.reregister)
         sio.on("connect", self.on_connect)
         sio.on("disconnect", self.on_disconnect)
         sio.on("auth", self.on_auth)
@@ -186,6 +187,16 @@ class Realtime:
             await departures.socket_gone(self.deps, sid, explicit)
         except Exception:
             log.exception("disconnect_cleanup_failed", sid=sid)
+
+    async def reregister(self) -> None:
+        """Redis has no record of this node (start-up, or Redis lost its data): put this node's
+        live sockets back into presence and reload durable cooldowns."""
+        for sender in list(self.local.values()):
+            await presence.add_socket(self.deps.redis, sender.user_id, sender.sid, self.deps.settings.node_id,
+                                      sender.session_id)
+        if self.local:
+            log.warning("presence_rebuilt", sockets=len(self.local))
+        await rebuild_if_lost(self.deps)
 
     # ---- every client event ----
     def _wrap(self, spec: EventSpec) -> Any:
@@ -295,8 +306,7 @@ async def start(app: web.Application, deps: Deps) -> None:
     deps.sio = sio
     rt = Realtime(deps, sio)
     app[REALTIME] = rt
-    await rebuild_if_lost(deps)
-    rt.sweeper.start()
+    rt.sweeper.start()  # its first heartbeat finds this node new and loads cooldowns (reregister)
 
 
 async def close_sockets(app: web.Application) -> None:

@@ -60,10 +60,12 @@ async def cancel(deps: Deps, kind: str, ident: str) -> None:
 
 class Sweeper:
     def __init__(self, deps: Deps, handlers: dict[str, Handler],
-                 on_dead_sid: Callable[[Deps, str], Awaitable[None]]) -> None:
+                 on_dead_sid: Callable[[Deps, str], Awaitable[None]],
+                 on_registry_lost: Callable[[], Awaitable[None]]) -> None:
         self.deps = deps
         self.handlers = handlers
         self.on_dead_sid = on_dead_sid
+        self.on_registry_lost = on_registry_lost
         self._task: asyncio.Task[None] | None = None
         self._last_beat = 0.0
         self._stopping = False
@@ -97,7 +99,8 @@ class Sweeper:
         mono = time.monotonic()
         if mono - self._last_beat >= s.node_heartbeat_seconds:
             self._last_beat = mono
-            await presence.heartbeat(redis, s.node_id, now_ms())
+            if not await presence.heartbeat(redis, s.node_id, now_ms()):
+                await self.on_registry_lost()
             stale_before = now_ms() - int(s.node_dead_after_seconds * 1000)
             for node in await presence.dead_nodes(redis, stale_before):
                 sids = await presence.reap_node(redis, node, stale_before)

@@ -259,3 +259,27 @@ async def test_handshake_from_a_foreign_origin_is_refused(client, db):
     await ok.connect(headers={"Origin": "http://localhost:3000"})  # on the allow-list
     assert ok.sio.connected
     await ok.close()
+
+
+async def test_presence_and_cooldowns_are_rebuilt_after_redis_loses_its_data(client, db, sockets):
+    a = await make_user(client, db, "A")
+    b = await make_user(client, db, "B")
+    pa, pb = await sockets(a), await sockets(b)
+    await pb.emit("queue:join")
+    await pb.wait("queue:update")
+    await pa.emit("call:invite", {"toUserId": b["userId"], "requestedSeconds": 300})
+    await pb.emit("call:decline", {"inviteId": (await pb.wait("call:notify"))["inviteId"]})
+    await pa.wait("call:declined")
+    r = client.app[DEPS].redis
+    await r.flushdb()  # Redis restarted empty
+    for _ in range(60):
+        if (await (await client.get("/stats/live")).json())["onlineUsers"] == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert (await (await client.get("/stats/live")).json())["onlineUsers"] == 2
+    x, y = sorted([a["userId"], b["userId"]])
+    assert await r.pttl(f"cd:{x}:{y}") > 23 * 3600 * 1000  # the decline's cooldown, from Postgres
+    await pb.emit("queue:join")
+    await pb.wait("queue:update", where=lambda d: d["available"])
+    await pa.emit("call:invite", {"toUserId": b["userId"], "requestedSeconds": 300})
+    assert (await pa.wait("call:declined"))["reason"] == "cooldown"
