@@ -171,6 +171,7 @@
     socket.on("error", (d) => console.warn("server error:", d && d.message));
     socket.on("call:error", (d) => {
       console.warn("call:error", d);
+      if (d && d.code === "BUSY" && state.call) return;  // our queue:join raced a call:resume after a reload
       if (d && d.code === "PAYMENT_REQUIRED") $("queue-status").textContent = "This server requires payment before you can go online.";
       else if (d && d.message) toast(d.message);
     });
@@ -403,7 +404,7 @@
       roomId: d.roomId, sessionId: d.sessionId, isInitiator: Boolean(d.isInitiator),
       peer: d.peerUser || { name: "your partner" }, agreedSeconds: d.agreedSeconds, endsAt: d.endsAt,
       pc: null, localStream: null, remoteStream: null, iceServers: [], iceProvider: null,
-      pendingIce: [], descriptionSent: false, remoteTrack: false, connectedReported: false,
+      pendingIce: [], descriptionSent: false, remoteTrack: false, connectedReported: false, generation: 0,
       failures: 0, endSent: false, ready: null, how,
       timeline: { callStart: Date.now(), acceptClicked: state.acceptClickedAt || null },
     };
@@ -447,8 +448,11 @@
       buildPeer(call);
       resolveReady();
       state.socket.emit("room:join", { roomId: call.roomId });
-      callStatus(call.isInitiator ? "Calling…" : "Waiting for your partner's offer…");
-      if (call.isInitiator) await sendOffer(call);
+      // After a reload (call:resume without a call on this page) our side offers whatever its role:
+      // the partner still holds the old connection and cannot know it is gone.
+      const offering = call.isInitiator || how === "resume";
+      callStatus(offering ? "Calling…" : "Waiting for your partner's offer…");
+      if (offering) await sendOffer(call);
     } catch (e) {
       resolveReady();
       fail("setup", e);
@@ -462,6 +466,8 @@
       rtcpMuxPolicy: "require", iceTransportPolicy: RELAY_ONLY ? "relay" : "all",
     });
     call.pc = pc;
+    call.generation += 1;  // how many peer connections this call has had (restarts after reloads)
+    if (call.generation > 1) { call.timeline.rebuilt = Date.now(); trace(`new peer connection #${call.generation}`); }
     call.pendingIce = []; call.descriptionSent = false; call.remoteTrack = false; call.remoteStream = null;
     if (call.localStream) for (const t of call.localStream.getTracks()) pc.addTrack(t, call.localStream);
     else { pc.addTransceiver("audio", { direction: "recvonly" }); pc.addTransceiver("video", { direction: "recvonly" }); }
@@ -534,7 +540,11 @@
     if (pc.remoteDescription && fingerprint(pc.remoteDescription.sdp) !== fingerprint(d.offer.sdp)) {
       buildPeer(call); pc = call.pc;
     }
-    if (pc.signalingState === "have-local-offer") await pc.setLocalDescription({ type: "rollback" });
+    if (pc.signalingState === "have-local-offer") {
+      // Both sides offered at once (e.g. a resume): the initiator keeps its own offer, the responder yields.
+      if (call.isInitiator) { trace("ignoring a colliding offer (we are the initiator)"); return; }
+      await pc.setLocalDescription({ type: "rollback" });
+    }
     await pc.setRemoteDescription(d.offer);
     call.timeline.offerReceived = Date.now();
     trace("offer received");
@@ -569,11 +579,14 @@
   }
 
   function checkConnected(call) {
-    if (call.connectedReported || !call.pc || call.pc.connectionState !== "connected" || !call.remoteTrack) return;
-    call.connectedReported = true;
+    if (!call.pc || call.pc.connectionState !== "connected" || !call.remoteTrack || call.connectedGen === call.generation) return;
+    call.connectedGen = call.generation;  // once per peer connection
     call.timeline.connected = Date.now();
-    trace(`media connected ${call.timeline.connected - call.timeline.callStart} ms after call start`);
-    state.socket.emit("call:connected", { roomId: call.roomId });
+    trace(`media connected ${call.timeline.connected - call.timeline.callStart} ms after call start (connection #${call.generation})`);
+    if (!call.connectedReported) {
+      call.connectedReported = true;
+      state.socket.emit("call:connected", { roomId: call.roomId });
+    }
   }
 
   function watchFirstFrame(call) {
@@ -625,7 +638,6 @@
     await call.ready;
     if (state.call !== call) return;
     buildPeer(call);
-    call.connectedReported = false;
     await sendOffer(call).catch((e) => fail("re-offer", e));
   }
 
@@ -715,7 +727,8 @@
       roomId: call ? call.roomId : null, connectionState: call && call.pc ? call.pc.connectionState : null,
       iceConnectionState: call && call.pc ? call.pc.iceConnectionState : null,
       inbound: {}, outbound: {}, pair: null, timeline: call ? { ...call.timeline } : null,
-      relayOnly: RELAY_ONLY, iceProvider: call ? call.iceProvider : null,
+      relayOnly: RELAY_ONLY, iceProvider: call ? call.iceProvider : null, generation: call ? call.generation : 0,
+      how: call ? call.how : null,
     };
     if (!call || !call.pc) return out;
     const report = await call.pc.getStats();

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 MIN_FRAMES = 30
 MEDIA_WITHIN_S = 25.0
 # Real invite window (the multinode suite shortens it to 2 s); payment off so guests can go online.
-NODE_ENV = {"REQUIRE_PAYMENT": "false", "INVITE_TTL_MS": "20000", "INVITE_EXPIRY_GRACE_MS": "2000"}
+# Protocol reconnect grace (15 s; the multinode suite uses 3) so a page reload always makes it back.
+NODE_ENV = {"REQUIRE_PAYMENT": "false", "INVITE_TTL_MS": "20000", "INVITE_EXPIRY_GRACE_MS": "2000",
+            "DISCONNECT_GRACE_SECONDS": "15"}
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +83,15 @@ def _video(s: dict[str, Any], direction: str) -> dict[str, Any]:
     return (s.get(direction) or {}).get("video") or {}
 
 
-async def wait_media(page: Any, log: BrowserLog, within: float) -> dict[str, Any]:
-    """Until this page has decoded and sent more than MIN_FRAMES video frames."""
+async def wait_media(page: Any, log: BrowserLog, within: float,
+                     where: Callable[[dict[str, Any]], bool] = lambda s: True) -> dict[str, Any]:
+    """Until this page has decoded and sent more than MIN_FRAMES video frames (on a connection `where`
+    accepts: the counters restart with each new peer connection)."""
     end = time.monotonic() + within
     while True:
         s = await stats(page)
         if (_video(s, "inbound").get("framesDecoded") or 0) > MIN_FRAMES \
-                and (_video(s, "outbound").get("framesSent") or 0) > MIN_FRAMES:
+                and (_video(s, "outbound").get("framesSent") or 0) > MIN_FRAMES and where(s):
             return s
         if time.monotonic() > end:
             pytest.fail(f"{log.name}: no media within {within}s: {brief(s)}\n--- console ---\n{log.tail()}")
@@ -101,6 +105,21 @@ async def fps(page: Any, seconds: float = 2.0) -> float:
     return (_video(b, "inbound")["framesDecoded"] - _video(a, "inbound")["framesDecoded"]) / (t1 - t0)
 
 
+async def invite_and_accept(base_settings: Settings, pa: Any, pb: Any, names: tuple[str, str]) -> tuple[str, str]:
+    """Both pages sign up through the form; the caller (pa) finds the callee (pb) in its online list,
+    invites for 60 s, and the callee accepts in the incoming-call dialog. Returns the user ids."""
+    caller_id, callee_id = await asyncio.gather(signup(pa, names[0], "female"), signup(pb, names[1], "male"))
+    await give_profile_media(base_settings.database_url, [caller_id, callee_id])
+    await pa.click("#refresh")
+    invite = pa.locator(f'button[data-invite="{callee_id}"]')
+    await invite.wait_for(timeout=10_000)
+    await pa.fill("#duration", "60")
+    await invite.click()
+    await pb.locator("#incoming").wait_for(state="visible", timeout=10_000)
+    await pb.click("#incoming-accept")
+    return caller_id, callee_id
+
+
 async def test_chromium_to_chromium_across_two_nodes(nodes: Cluster, base_settings: Settings, stack: Stack,
                                                      artifacts: Path, tmp_path: Path) -> None:
     from playwright.async_api import async_playwright
@@ -112,18 +131,8 @@ async def test_chromium_to_chromium_across_two_nodes(nodes: Cluster, base_settin
             open_page(pw, tmp_path / "caller", "chromium_caller", out) as (pa, la), \
             open_page(pw, tmp_path / "callee", "chromium_callee", out) as (pb, lb):
         await asyncio.gather(pa.goto(f"{n1.url}/?relay=1"), pb.goto(f"{n2.url}/?relay=1"))
-        caller_id, callee_id = await asyncio.gather(signup(pa, "Alice", "female"), signup(pb, "Bob", "male"))
-        await give_profile_media(base_settings.database_url, [caller_id, callee_id])
-
-        # The caller (node 1) finds the callee (node 2) in the online list and invites for 60 s.
-        await pa.click("#refresh")
-        invite = pa.locator(f'button[data-invite="{callee_id}"]')
-        await invite.wait_for(timeout=10_000)
-        await pa.fill("#duration", "60")
-        await invite.click()
-
-        await pb.locator("#incoming").wait_for(state="visible", timeout=10_000)
-        await pb.click("#incoming-accept")
+        # The caller on node 1 invites the callee on node 2.
+        await invite_and_accept(base_settings, pa, pb, ("Alice", "Bob"))
         t_accept = time.monotonic()
 
         sa, sb = await asyncio.gather(wait_media(pa, la, MEDIA_WITHIN_S), wait_media(pb, lb, MEDIA_WITHIN_S))
@@ -187,6 +196,47 @@ async def test_chromium_to_chromium_across_two_nodes(nodes: Cluster, base_settin
     errors = [f"{n.name}: {line}" for n in nodes.nodes for line in n.errors_since(marks[n.name])]
     assert not errors, "server errors during the test:\n" + "\n".join(errors[:20])
 
+
+
+async def test_chromium_reload_mid_call_resumes_media(nodes: Cluster, base_settings: Settings, artifacts: Path,
+                                                      tmp_path: Path) -> None:
+    """The callee reloads its page mid-call (E3): the server puts the new socket back into the room
+    (call:resume), the reloaded page offers from a new peer connection, the caller replaces its own,
+    and media flows both ways again on the new connections."""
+    from playwright.async_api import async_playwright
+
+    n1, n2 = nodes[0], nodes[1]
+    marks = {n.name: n.log_size() for n in nodes.nodes}
+    out = artifacts / "browser"
+    async with async_playwright() as pw, \
+            open_page(pw, tmp_path / "caller", "reload_caller", out) as (pa, la), \
+            open_page(pw, tmp_path / "callee", "reload_callee", out) as (pb, lb):
+        await asyncio.gather(pa.goto(f"{n1.url}/?relay=1"), pb.goto(f"{n2.url}/?relay=1"))
+        await invite_and_accept(base_settings, pa, pb, ("Dora", "Eve"))
+        before_a, before_b = await asyncio.gather(wait_media(pa, la, MEDIA_WITHIN_S),
+                                                  wait_media(pb, lb, MEDIA_WITHIN_S))
+
+        t_reload = time.monotonic()
+        await pb.reload()
+        after_b, after_a = await asyncio.gather(
+            wait_media(pb, lb, MEDIA_WITHIN_S, where=lambda s: s["how"] == "resume"),
+            wait_media(pa, la, MEDIA_WITHIN_S, where=lambda s: s["generation"] >= 2))
+        resumed_s = time.monotonic() - t_reload
+        assert after_a["roomId"] == after_b["roomId"] == before_a["roomId"] == before_b["roomId"]
+        for s in (after_a, after_b):
+            assert s["connectionState"] == "connected", brief(s)
+            assert (s["pair"]["local"]["type"], s["pair"]["remote"]["type"]) == ("relay", "relay"), s["pair"]
+        await pb.screenshot(path=str(out / "chromium_after_reload.png"), full_page=True)
+
+        await pb.click("#end-call")
+        await asyncio.gather(pa.wait_for_selector("#view-ended:not([hidden])", timeout=10_000),
+                             pb.wait_for_selector("#view-ended:not([hidden])", timeout=10_000))
+
+    print(f"\nreload -> media both ways again in {resumed_s:.2f}s")
+    (out / "chromium_reload.json").write_text(json.dumps({"reloadToMediaBothWaysS": round(resumed_s, 3),
+                                                           "caller": after_a, "callee": after_b}, indent=2))
+    errors = [f"{n.name}: {line}" for n in nodes.nodes for line in n.errors_since(marks[n.name])]
+    assert not errors, "server errors during the test:\n" + "\n".join(errors[:20])
 
 # ---------------------------------------------------------------------------------- Chromium <-> bot
 REMOTE_LUMA_JS = """() => {
