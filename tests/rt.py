@@ -107,6 +107,14 @@ class Peer:
         await asyncio.sleep(0.1)
         await self.close()
 
+    async def disconnected(self, within: float = 2.0) -> bool:
+        """True once the server has closed this socket (waits up to `within` seconds)."""
+        for _ in range(int(within / 0.05)):
+            if not self.sio.connected:
+                return True
+            await asyncio.sleep(0.05)
+        return not self.sio.connected
+
     async def close(self) -> None:
         """A clean client-side disconnect (what the room page does on unmount)."""
         if self.sio.connected and not self.dropped:

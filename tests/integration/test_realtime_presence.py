@@ -59,11 +59,7 @@ async def test_banned_user_mid_session_is_cut(client, db, sockets):
     assert (await pb.wait("auth:banned"))["banned"] is True
     fin = await pa.wait("session:finalized")
     assert fin["reason"] == "banned"
-    for _ in range(40):
-        if not pb.sio.connected:
-            break
-        await asyncio.sleep(0.05)
-    assert not pb.sio.connected
+    assert await pb.disconnected()
     assert await client.app[DEPS].redis.hget(f"room:{start['roomId']}", "state") == "final"
 
 
@@ -78,11 +74,7 @@ async def test_new_login_invalidates_the_other_sessions_sockets(client, db, sock
     assert body["sessionInvalidated"] is True
     inv = await p.wait("session:invalidated")
     assert inv["reason"] == "new_login" and inv["message"]
-    for _ in range(40):
-        if not p.sio.connected:
-            break
-        await asyncio.sleep(0.05)
-    assert not p.sio.connected
+    assert await p.disconnected()
     fresh = await sockets({"sessionToken": body["sessionToken"], "userId": a["userId"]})
     assert fresh.sio.connected
 
@@ -92,11 +84,7 @@ async def test_logout_disconnects_that_sessions_sockets(client, db, sockets):
     p = await sockets(a)
     resp = await client.post("/auth/logout", headers=auth(a["sessionToken"]))
     assert resp.status == 200
-    for _ in range(40):
-        if not p.sio.connected:
-            break
-        await asyncio.sleep(0.05)
-    assert not p.sio.connected
+    assert await p.disconnected()
 
 
 async def test_presence_goes_only_to_the_queue_room(client, db, sockets):
