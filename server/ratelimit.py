@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -46,3 +49,88 @@ async def peek(redis: aioredis.Redis, key: str, window_s: float) -> Window:
 
 async def clear(redis: aioredis.Redis, key: str) -> None:
     await redis.delete(f"rl:{key}")
+
+
+# ---- failure-limited attempts (login) ----
+#
+# A plain "peek, verify, count the failure" lets a burst of parallel guesses all be verified before the
+# first failure is counted. Instead each attempt first takes an in-flight slot, atomically, and only
+# while failures + attempts in flight stay below the limit. Attempts beyond that wait for the slots
+# to resolve: successes hand theirs back, failures turn theirs into counted failures, and once the
+# failures reach the limit everyone waiting is throttled. Parallel legitimate attempts all go through.
+
+# KEYS: (failures, in-flight) per scope. ARGV[1] in-flight TTL ms, ARGV[2] window ms, ARGV[3..] limits.
+# Returns {1, 0} = go, {0, 0} = wait, {-1, ttl_ms} = throttled.
+_BEGIN = Script(
+    """
+    local n = #KEYS / 2
+    local wait = 0
+    for i = 1, n do
+      local f = tonumber(redis.call('GET', KEYS[2*i-1]) or '0')
+      if f >= tonumber(ARGV[i+2]) then
+        local t = redis.call('PTTL', KEYS[2*i-1])
+        if t < 0 then t = tonumber(ARGV[2]); redis.call('PEXPIRE', KEYS[2*i-1], t) end
+        if t > wait then wait = t end
+      end
+    end
+    if wait > 0 then return {-1, wait} end
+    for i = 1, n do
+      local f = tonumber(redis.call('GET', KEYS[2*i-1]) or '0')
+      local p = tonumber(redis.call('GET', KEYS[2*i]) or '0')
+      if f + p >= tonumber(ARGV[i+2]) then return {0, 0} end
+    end
+    for i = 1, n do
+      redis.call('INCR', KEYS[2*i])
+      redis.call('PEXPIRE', KEYS[2*i], ARGV[1])
+    end
+    return {1, 0}
+    """
+)
+
+# KEYS as above. ARGV[1] 1 = failed, ARGV[2] window ms, ARGV[3..] 1 = clear this scope's failures on success.
+_END = Script(
+    """
+    local n = #KEYS / 2
+    for i = 1, n do
+      if tonumber(redis.call('GET', KEYS[2*i]) or '0') > 0 then redis.call('DECR', KEYS[2*i]) end
+      if ARGV[1] == '1' then
+        if redis.call('INCR', KEYS[2*i-1]) == 1 then redis.call('PEXPIRE', KEYS[2*i-1], ARGV[2]) end
+      elseif ARGV[i+2] == '1' then
+        redis.call('DEL', KEYS[2*i-1])
+      end
+    end
+    return 1
+    """
+)
+
+
+def _attempt_keys(scopes: Sequence[tuple[str, int]]) -> list[str]:
+    return [k for key, _ in scopes for k in (f"rl:{key}", f"rl:{key}:inflight")]
+
+
+async def begin_attempt(redis: aioredis.Redis, scopes: Sequence[tuple[str, int]], window_s: float, *,
+                        max_wait_s: float = 10.0, inflight_ttl_s: float = 30.0) -> int | None:
+    """Take an attempt slot in every scope (key, max failures per window). None: go ahead, and call
+    `end_attempt` exactly once afterwards. Otherwise: throttled, the seconds until the window ends."""
+    deadline = time.monotonic() + max_wait_s
+    delay = 0.01
+    keys = _attempt_keys(scopes)
+    args = [int(inflight_ttl_s * 1000), int(window_s * 1000), *[limit for _, limit in scopes]]
+    while True:
+        state, ttl = await _BEGIN(redis, keys, args)
+        if int(state) == 1:
+            return None
+        if int(state) == -1:
+            return max(1, -(-int(ttl) // 1000))
+        if time.monotonic() >= deadline:
+            return 1
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+async def end_attempt(redis: aioredis.Redis, scopes: Sequence[tuple[str, int]], window_s: float, *,
+                      failed: bool, clear_on_success: Sequence[bool] = ()) -> None:
+    """Hand the slot back: a failure is counted in every scope; a success clears the failures of the
+    scopes flagged in `clear_on_success`."""
+    flags = [1 if i < len(clear_on_success) and clear_on_success[i] else 0 for i in range(len(scopes))]
+    await _END(redis, _attempt_keys(scopes), [1 if failed else 0, int(window_s * 1000), *flags])

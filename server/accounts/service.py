@@ -105,24 +105,30 @@ async def login(deps: Deps, client: Client, email: str,
                 password: str) -> tuple[dict[str, Any], UUID, list[UUID]]:
     """Returns the response, the user id, and the sessions this login invalidated."""
     s = deps.settings
-    ip_key, acct_key = f"login:ip:{client.ip}", f"login:acct:{email}"
-    for key, limit in ((ip_key, s.login_max_failures_per_ip), (acct_key, s.login_max_failures_per_account)):
-        w = await ratelimit.peek(deps.redis, key, s.login_failure_window_seconds)
-        if w.count >= limit:
-            raise rate_limited("Too many login attempts", w.retry_after_s, code="login_rate_limited",
-                               message=f"Too many failed attempts. Try again in {w.retry_after_s} seconds.")
     if len(password.encode()) > passwords.MAX_BYTES:
         raise bad_request(f"Password must be at most {passwords.MAX_BYTES} bytes", code="password_too_long")
-
-    user = await store.find_login(deps.db, email)
-    ok = await passwords.verify_password(password, user["password_hash"] if user else None, s.bcrypt_rounds)
-    if not ok or user is None:
-        await ratelimit.hit(deps.redis, ip_key, s.login_failure_window_seconds)
-        await ratelimit.hit(deps.redis, acct_key, s.login_failure_window_seconds)
+    # Failed attempts are limited per IP and per account. Each attempt holds a slot while its password
+    # is checked, so parallel guesses cannot outrun the count (see ratelimit.begin_attempt).
+    scopes = [(f"login:ip:{client.ip}", s.login_max_failures_per_ip),
+              (f"login:acct:{email}", s.login_max_failures_per_account)]
+    window = s.login_failure_window_seconds
+    wait = await ratelimit.begin_attempt(deps.redis, scopes, window)
+    if wait is not None:
+        raise rate_limited("Too many login attempts", wait, code="login_rate_limited",
+                           message=f"Too many failed attempts. Try again in {wait} seconds.")
+    failed = False
+    try:
+        user = await store.find_login(deps.db, email)
+        ok = await passwords.verify_password(password, user["password_hash"] if user else None,
+                                             s.bcrypt_rounds)
+        failed = not ok or user is None
+    finally:
+        # A success clears the account's failures; the IP's stay until their window ends.
+        await ratelimit.end_attempt(deps.redis, scopes, window, failed=failed, clear_on_success=[False, True])
+    if failed or user is None:
         raise ApiError(401, "invalid_credentials", INVALID_CREDENTIALS,
                        message="Email or password is incorrect. Guest accounts have no password: "
                                "link an email from Settings first.")
-    await ratelimit.clear(deps.redis, acct_key)
     if user["ban_status"] in BANNED_STATUSES:
         raise ApiError(403, "banned", "Account suspended", banned=True, banStatus=user["ban_status"],
                        reviewStatus=user["review_status"] or "pending",

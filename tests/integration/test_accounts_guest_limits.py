@@ -72,3 +72,31 @@ async def test_ratelimit_window_counts_and_expires(client, settings):
         assert (await ratelimit.peek(r, "t:k", 0.3)).count == 0
     finally:
         await r.aclose()
+
+
+async def test_attempt_slots_wait_for_in_flight_attempts_then_throttle(client, settings):
+    r = aioredis.from_url(settings.redis_url, decode_responses=True)
+    scopes = [("t:ip", 2), ("t:acct", 5)]
+    try:
+        assert await ratelimit.begin_attempt(r, scopes, 2) is None
+        assert await ratelimit.begin_attempt(r, scopes, 2) is None
+        # Both slots of the IP scope are in flight: a third attempt waits, and gives up after max_wait_s.
+        assert await ratelimit.begin_attempt(r, scopes, 2, max_wait_s=0.1) == 1
+        # A success frees its slot for a waiting attempt.
+        waiter = asyncio.create_task(ratelimit.begin_attempt(r, scopes, 2, max_wait_s=5))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        await ratelimit.end_attempt(r, scopes, 2, failed=False)
+        assert await waiter is None
+        # Two failures reach the IP limit: everyone else is throttled for the rest of the window.
+        await ratelimit.end_attempt(r, scopes, 2, failed=True)
+        await ratelimit.end_attempt(r, scopes, 2, failed=True)
+        assert await ratelimit.begin_attempt(r, scopes, 2) == 2
+        assert await r.get("rl:t:ip") == "2" and await r.get("rl:t:acct") == "2"
+        assert await r.get("rl:t:ip:inflight") == "0"
+        # A success clears only the flagged scope's failures.
+        assert await ratelimit.begin_attempt(r, [("t:acct", 5)], 2) is None
+        await ratelimit.end_attempt(r, [("t:acct", 5)], 2, failed=False, clear_on_success=[True])
+        assert await r.get("rl:t:acct") is None
+    finally:
+        await r.aclose()

@@ -188,3 +188,26 @@ async def test_concurrent_logins_leave_exactly_one_active_session(client, db):
     assert len(ok) == 1
     # Every session that lost was told why.
     assert sum(b["invalidatedCount"] for _, b in results) == 20  # the link session + 19 losers
+
+
+async def test_concurrent_guesses_cannot_outrun_the_ip_throttle(client, db):
+    # A burst of parallel guesses must not all be checked before the first failure is counted.
+    await permanent(client, "ada@x.io", PASSWORD)
+    results = await asyncio.gather(*[_login(client, f"u{i}@x.io", f"guess {i}", ip=9) for i in range(20)])
+    statuses = sorted(s for s, _ in results)
+    assert statuses == [401] * 3 + [429] * 17
+
+
+async def test_concurrent_guesses_cannot_outrun_the_account_throttle(client):
+    await permanent(client, "ada@x.io", PASSWORD)
+    results = await asyncio.gather(*[_login(client, "ada@x.io", f"guess {i}", ip=150 + i) for i in range(20)])
+    assert sorted(s for s, _ in results) == [401] * 5 + [429] * 15
+
+
+async def test_successful_logins_do_not_use_up_the_ip_budget(client):
+    await permanent(client, "ada@x.io", PASSWORD)
+    for _ in range(6):
+        assert (await _login(client, "ada@x.io", PASSWORD, ip=11))[0] == 200
+    for i in range(3):
+        assert (await _login(client, f"n{i}@x.io", "wrong password", ip=11))[0] == 401
+    assert (await _login(client, "ada@x.io", PASSWORD, ip=11))[0] == 429
