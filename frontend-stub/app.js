@@ -20,6 +20,8 @@
   const GATHER_MS = 3000;
   const QUEUE_POLL_MS = 5000;
   const CAPABILITIES = ["deadline", "resume", "typed-errors", "busy"];
+  const PAYMENT_HINT = "This server requires payment before you can go online (this client cannot pay). " +
+    "An operator can grant access (python -m server user grant-access <userId>), or run the server with REQUIRE_PAYMENT=false.";
   const params = new URLSearchParams(location.search);
   const RELAY_ONLY = params.get("relay") === "1";
   const POOL_SIZE = Math.min(10, Math.max(0, Number(params.get("pool")) || 0));
@@ -172,7 +174,7 @@
     socket.on("call:error", (d) => {
       console.warn("call:error", d);
       if (d && d.code === "BUSY" && state.call) return;  // our queue:join raced a call:resume after a reload
-      if (d && d.code === "PAYMENT_REQUIRED") $("queue-status").textContent = "This server requires payment before you can go online.";
+      if (d && d.code === "PAYMENT_REQUIRED") { state.paymentBlocked = true; $("queue-status").textContent = PAYMENT_HINT; }
       else if (d && d.message) toast(d.message);
     });
 
@@ -261,9 +263,15 @@
     queueLoading = true;
     try {
       const res = await api("/room/queue");
-      if (res.status === 402) { $("queue-status").textContent = "This server requires payment before you can see who is online."; renderQueue({ users: [] }); return; }
+      if (res.status === 402) {
+        state.paymentBlocked = true;
+        renderQueue({ users: [] });
+        $("queue-status").textContent = `${PAYMENT_HINT} Your user id: ${state.session.userId}`;
+        return;
+      }
       if (res.status === 401) return clearSession("Your session expired; please join again.");
       if (!res.ok) { $("queue-status").textContent = "Failed to load users."; return; }
+      if (state.paymentBlocked) { state.paymentBlocked = false; goAvailable(); }  // access was granted meanwhile
       renderQueue(res.data);
     } catch { $("queue-status").textContent = "Failed to load users (network)."; } finally { queueLoading = false; }
   }
@@ -687,7 +695,11 @@
     show("ended");
   }
 
-  $("back-to-lobby").addEventListener("click", enterLobby);
+  $("back-to-lobby").addEventListener("click", async () => {
+    enterLobby();
+    const me = await api("/user/me");
+    if (me.ok) { state.me = me.data; $("profile-setup").hidden = Boolean(me.data.selfieUrl && me.data.videoUrl); }
+  });
 
   function teardownCall() {
     const call = state.call;

@@ -105,17 +105,23 @@ async def fps(page: Any, seconds: float = 2.0) -> float:
     return (_video(b, "inbound")["framesDecoded"] - _video(a, "inbound")["framesDecoded"]) / (t1 - t0)
 
 
-async def invite_and_accept(base_settings: Settings, pa: Any, pb: Any, names: tuple[str, str]) -> tuple[str, str]:
+async def invite_and_accept(base_settings: Settings, pa: Any, pb: Any, names: tuple[str, str],
+                            shots: Path | None = None) -> tuple[str, str]:
     """Both pages sign up through the form; the caller (pa) finds the callee (pb) in its online list,
-    invites for 60 s, and the callee accepts in the incoming-call dialog. Returns the user ids."""
+    invites for 60 s, and the callee accepts in the incoming-call dialog. Returns the user ids.
+    With `shots`, screenshots of the online list and of the incoming call go there."""
     caller_id, callee_id = await asyncio.gather(signup(pa, names[0], "female"), signup(pb, names[1], "male"))
     await give_profile_media(base_settings.database_url, [caller_id, callee_id])
     await pa.click("#refresh")
     invite = pa.locator(f'button[data-invite="{callee_id}"]')
     await invite.wait_for(timeout=10_000)
     await pa.fill("#duration", "60")
+    if shots is not None:
+        await pa.screenshot(path=str(shots / "stub_online_list.png"), full_page=True)
     await invite.click()
     await pb.locator("#incoming").wait_for(state="visible", timeout=10_000)
+    if shots is not None:
+        await pb.screenshot(path=str(shots / "stub_incoming_call.png"))
     await pb.click("#incoming-accept")
     return caller_id, callee_id
 
@@ -132,7 +138,7 @@ async def test_chromium_to_chromium_across_two_nodes(nodes: Cluster, base_settin
             open_page(pw, tmp_path / "callee", "chromium_callee", out) as (pb, lb):
         await asyncio.gather(pa.goto(f"{n1.url}/?relay=1"), pb.goto(f"{n2.url}/?relay=1"))
         # The caller on node 1 invites the callee on node 2.
-        await invite_and_accept(base_settings, pa, pb, ("Alice", "Bob"))
+        await invite_and_accept(base_settings, pa, pb, ("Alice", "Bob"), shots=out)
         t_accept = time.monotonic()
 
         sa, sb = await asyncio.gather(wait_media(pa, la, MEDIA_WITHIN_S), wait_media(pb, lb, MEDIA_WITHIN_S))
@@ -187,6 +193,7 @@ async def test_chromium_to_chromium_across_two_nodes(nodes: Cluster, base_settin
         await asyncio.gather(pa.wait_for_selector("#view-ended:not([hidden])", timeout=10_000),
                              pb.wait_for_selector("#view-ended:not([hidden])", timeout=10_000))
         ended = await asyncio.gather(pa.evaluate("window.__napalm.lastEnded"), pb.evaluate("window.__napalm.lastEnded"))
+        await pb.screenshot(path=str(out / "stub_session_ended.png"))
         assert ended[0]["sessionId"] and ended[0]["sessionId"] == ended[1]["sessionId"], ended
 
     (out / "chromium_pair.json").write_text(json.dumps(report, indent=2))
