@@ -55,10 +55,15 @@ def cors_middleware(allowed_origins: tuple[str, ...]) -> Any:
             })
         else:
             response = await handler(request)
-        if origin in allowed and not response.prepared:
+        if response.prepared:
+            return response
+        if origin in allowed:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Allow-Credentials"] = "true"
             response.headers["Access-Control-Expose-Headers"] = "X-Request-ID, Retry-After"
+        if origin is not None:
+            # The answer depends on the Origin either way: a shared cache must not hand a response
+            # made for one origin (with or without Allow-Origin) to another.
             response.headers.add("Vary", "Origin")
         return response
 

@@ -224,3 +224,14 @@ async def test_null_optional_codes_are_accepted(client):
     status, body = await _post(client, {"name": "Ada", "gender": "unspecified", "referralCode": None,
                                         "inviteCode": None})
     assert status == 200 and body["paidStatus"] == "unpaid"
+
+
+async def test_without_a_paywall_guests_do_not_require_payment(settings, aiohttp_client):
+    from server.app import create_app
+    from tests.conftest import reset_state
+
+    await reset_state(settings)
+    free = await aiohttp_client(create_app(settings.with_(require_payment=False)))
+    resp = await free.post("/auth/guest", json={"name": "Ada", "gender": "female"})
+    body = await resp.json()
+    assert resp.status == 200 and body["paidStatus"] == "unpaid" and body["requiresPayment"] is False

@@ -53,6 +53,7 @@ async def test_request_from_another_origin_has_no_allow_origin(client):
     resp = await client.get("/health", headers={"Origin": OTHER})
     assert resp.status == 200
     assert "Access-Control-Allow-Origin" not in resp.headers
+    assert "Origin" in resp.headers.getall("Vary", [])  # caches must key on the Origin
 
 
 async def test_request_without_origin_has_no_cors_headers(client):
