@@ -92,10 +92,13 @@
   };
 
   // ---------------------------------------------------------------- session
-  function saveSession(s) { state.session = s; localStorage.setItem(SESSION_KEY, JSON.stringify(s)); }
+  // Per tab (sessionStorage, which survives a reload), unlike the original's localStorage: two windows of
+  // one browser are two users, so one person can try a call between them.
+  const store = window.sessionStorage;
+  function saveSession(s) { state.session = s; store.setItem(SESSION_KEY, JSON.stringify(s)); }
 
   function clearSession(message) {
-    localStorage.removeItem(SESSION_KEY);
+    store.removeItem(SESSION_KEY);
     state.session = null; state.me = null; state.authed = false;
     if (state.socket) { state.socket.disconnect(); state.socket = null; }
     teardownCall();
@@ -113,7 +116,7 @@
       $("signup-submit").disabled = true;
       return;
     }
-    try { state.session = JSON.parse(localStorage.getItem(SESSION_KEY) || "null"); } catch { state.session = null; }
+    try { state.session = JSON.parse(store.getItem(SESSION_KEY) || "null"); } catch { state.session = null; }
     if (!state.session || !state.session.sessionToken) return show("signup");
     const me = await api("/user/me");
     if (!me.ok) return clearSession(me.status === 401 ? "" : `Could not load your account: ${me.data.error || me.status}`);
@@ -685,7 +688,8 @@
   function onFinalized(d) {
     trace("session finalized", JSON.stringify(d));
     const call = state.call;
-    if (!call && state.view === "ended") return;  // a repeat (e.g. our own late call:end)
+    // Repeats (our own late call:end, a replay after reconnecting) find no call here: nothing to end.
+    if (!call || (call.sessionId && d && d.sessionId && d.sessionId !== call.sessionId)) return;
     const reason = (d && d.reason) || "ended";
     const seconds = call && call.timeline.connected ? Math.round((Date.now() - call.timeline.connected) / 1000) : null;
     state.lastEnded = { sessionId: d && d.sessionId, reason, roomId: call && call.roomId, seconds };
