@@ -14,7 +14,11 @@ import json
 import sys
 from typing import Any
 
-from bots.client import Bot, BotOptions
+try:
+    from bots.client import Bot, BotOptions
+except ImportError as exc:  # aiortc and PyAV come with the dev extras
+    sys.exit(f"python -m bots: {exc}. The bots need aiortc: `make test` installs it, "
+             "or run .venv/bin/pip install -e '.[dev]'")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -57,6 +61,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--name", default="Bot", help="guest name (default Bot)")
     run.add_argument("--gender", default="unspecified", choices=["female", "male", "nonbinary", "unspecified"])
     run.add_argument("--no-upload", action="store_true", help="skip the selfie/video upload (then not in decks)")
+    run.add_argument("--calls", type=int, default=1, metavar="N",
+                     help="with --wait: take N calls, going back to the queue after each (0 = until stopped)")
     how = run.add_mutually_exclusive_group(required=True)
     how.add_argument("--wait", action="store_true", help="go available and accept the first invite")
     how.add_argument("--invite", metavar="USERID", help="invite this user")
@@ -103,10 +109,22 @@ def _human(s: dict[str, Any]) -> str:
 async def _run(args: argparse.Namespace) -> int:
     mode = "wait" if args.wait else "invite" if args.invite else "invite-first"
     opts = _options(args, token=args.token, name=args.name, gender=args.gender, mode=mode,
-                    invite_user=args.invite, upload_media=not args.no_upload)
-    summary = await Bot(opts).run()
-    print(json.dumps(summary) if args.json else _human(summary), flush=True)
-    return 0 if summary.get("ok") else 1
+                    invite_user=args.invite, upload_media=not args.no_upload, calls=args.calls)
+
+    def show(summary: dict[str, Any]) -> None:
+        print(json.dumps(summary) if args.json else _human(summary), flush=True)
+
+    bot = Bot(opts)
+    if opts.mode != "wait" or opts.calls == 1:
+        summary = await bot.run()
+        show(summary)
+        return 0 if summary.get("ok") else 1
+    # Several calls: one summary per call as it ends; a final failure that is not a call is shown too.
+    summary = await bot.run(on_call=show)
+    if not any(summary is c for c in bot.calls):
+        show(summary)
+    finished = bool(bot.calls) and (any(summary is c for c in bot.calls) or summary.get("endedBy") == "no-invite")
+    return 0 if finished and all(c.get("ok") for c in bot.calls) else 1
 
 
 async def _swarm(args: argparse.Namespace) -> int:

@@ -66,6 +66,7 @@ class BotOptions:
     height: int = 480
     fps: float = 30.0
     wait_timeout: float | None = None  # for an invite (wait), someone to invite (invite-first), or an answer
+    calls: int = 1  # wait mode: calls to take before exiting (0 = until stopped)
     connect_timeout: float = 30.0  # call:start -> connected with the remote track
     quiet: bool = False
 
@@ -122,6 +123,7 @@ class Bot:
         self.available = asyncio.Event()  # set once waiting for invites (queue:join done)
         self._ice: dict[str, Any] | None = None
         self.summary: dict[str, Any] = {}
+        self.calls: list[dict[str, Any]] = []  # summaries of finished calls
         self._install_handlers()
 
     # ------------------------------------------------------------------ plumbing
@@ -240,12 +242,14 @@ class Bot:
     # ------------------------------------------------------------------ getting into a call
     async def wait_for_call(self) -> tuple[dict[str, Any], float]:
         """queue:join, then accept the first invite; returns (call:start, accept time)."""
+        self.inbox.drop(["queue:update", "call:error", "error"])
         await self.sio.emit("queue:join")
         with contextlib.suppress(TimeoutError):
             # The server echoes our own queue:update (or refuses with call:error) to the queue room.
             event, data = await self.inbox.take(
                 ["queue:update", "call:error"], 3,
-                where=lambda e, d: e == "call:error" or (isinstance(d, dict) and d.get("userId") == self.user_id))
+                where=lambda e, d: e == "call:error" or (isinstance(d, dict) and d.get("userId") == self.user_id
+                                                         and d.get("available") is True))
             if event == "call:error":
                 raise BotError(f"queue:join refused: {self._error_text(event, data)}")
         self.available.set()
@@ -329,31 +333,48 @@ class Bot:
 
     # ------------------------------------------------------------------ the call
     async def call(self, start: dict[str, Any], t_asked: float) -> dict[str, Any]:
-        return await Call(self, start, t_asked).run()
+        """One call from its call:start; `t_asked` is when we accepted (callee) or invited (caller)."""
+        return await Call(self, start, t_asked, accepted_here=self.opts.mode == "wait").run()
 
     # ------------------------------------------------------------------ whole run
-    async def run(self, setup_gate: asyncio.Semaphore | None = None) -> dict[str, Any]:
-        """Sign in, connect, get into a call per the mode, make the call; always returns a summary.
-        `setup_gate` bounds how many bots of a swarm sign in and connect at once."""
-        role = "callee" if self.opts.mode == "wait" else "caller"
-        self.summary = {"ok": False, "role": role, "name": self.name, "userId": None, "roomId": None,
-                        "timeToConnectedMs": None, "framesSent": 0, "framesReceived": 0, "framesLost": 0,
-                        "candidatePair": None, "endedBy": None, "chat": {"sent": [], "received": []},
-                        "error": None}
+    def _fresh_summary(self) -> dict[str, Any]:
+        return {"ok": False, "role": "callee" if self.opts.mode == "wait" else "caller", "name": self.name,
+                "userId": self.user_id or None, "roomId": None, "timeToConnectedMs": None, "framesSent": 0,
+                "framesReceived": 0, "framesLost": 0, "candidatePair": None, "endedBy": None,
+                "chat": {"sent": [], "received": []}, "error": None}
+
+    async def run(self, setup_gate: asyncio.Semaphore | None = None,
+                  on_call: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Sign in, connect, get into a call per the mode, make the call; always returns a summary
+        (of the last call, or of the failure). In wait mode with `calls` != 1 the bot goes back to
+        the queue after each call; `on_call` gets each finished call's summary, and `self.calls`
+        keeps them. `setup_gate` bounds how many bots of a swarm sign in and connect at once."""
+        wanted = self.opts.calls if self.opts.mode == "wait" else 1
+        self.summary = self._fresh_summary()
         try:
             async with setup_gate or contextlib.nullcontext():
                 await self.sign_in()
                 self.summary.update(userId=self.user_id, name=self.name)
                 await self.ice_servers()
                 await self.connect()
-            if self.opts.mode == "wait":
-                start, t_asked = await self.wait_for_call()
-            else:
-                target = self.opts.invite_user if self.opts.mode == "invite" else await self.pick_first()
-                if not target:
-                    raise BotError("no user to invite")
-                start, t_asked = await self.invite(target)
-            self.summary.update(await self.call(start, t_asked))
+            while True:
+                self.summary = self._fresh_summary()
+                if self.opts.mode == "wait":
+                    start, t_asked = await self.wait_for_call()
+                else:
+                    target = self.opts.invite_user if self.opts.mode == "invite" else await self.pick_first()
+                    if not target:
+                        raise BotError("no user to invite")
+                    start, t_asked = await self.invite(target)
+                self.summary.update(await self.call(start, t_asked))
+                self.calls.append(self.summary)
+                if on_call is not None:
+                    on_call(self.summary)
+                if wanted and len(self.calls) >= wanted:
+                    break
+                self.available.clear()
+                self.say(f"call {len(self.calls)} done ({'ok' if self.summary['ok'] else 'FAILED'}); "
+                         "back to the queue")
         except BotError as exc:
             self.summary.update(endedBy=self.summary.get("endedBy") or exc.ended_by, error=str(exc))
             self.say(f"FAILED: {exc}")
@@ -376,7 +397,7 @@ class Bot:
 class Call:
     """One call from call:start to session:finalized."""
 
-    def __init__(self, bot: Bot, start: dict[str, Any], t_asked: float) -> None:
+    def __init__(self, bot: Bot, start: dict[str, Any], t_asked: float, accepted_here: bool) -> None:
         self.bot = bot
         self.opts = bot.opts
         self.start = start
@@ -384,7 +405,9 @@ class Call:
         self.initiator = bool(start.get("isInitiator"))
         self.agreed = int(start.get("agreedSeconds") or 60)
         self.t_start = time.monotonic()
-        self.t_asked = t_asked
+        # The accept: our own call:accept (callee), or the call:start it caused (caller).
+        self.t_accept = t_asked if accepted_here else self.t_start
+        self.t_invite = None if accepted_here else t_asked
         self.pc: RTCPeerConnection | None = None
         self.video: media.NumberedVideoTrack | None = None
         self.audio: media.ToneAudioTrack | None = None
@@ -399,6 +422,13 @@ class Call:
         self.chat_sent: list[str] = []
         self.t_connected: float | None = None
         self.notes: dict[str, Any] = {}
+        self.pair: dict[str, Any] | None = None
+        self.peer_received: int | None = None
+        self.packets_sent: int | None = None
+        # Leftovers of a previous call on this socket must not leak into this one.
+        while not bot.signals.empty():
+            bot.signals.get_nowait()
+        bot.inbox.drop(["session:finalized", "peer:disconnected", "room:joined", "call:deadline", "room:chat"])
 
     def say(self, msg: str) -> None:
         self.bot.say(msg)
@@ -427,6 +457,9 @@ class Call:
         except BotError as exc:
             ended_by, error = exc.ended_by, str(exc)
             self.say(f"call failed: {exc}")
+        except Exception as exc:
+            ended_by, error = "error", f"{type(exc).__name__}: {exc}"
+            self.say(f"call failed: {error}")
         finally:
             if signalling is not None:
                 signalling.cancel()
@@ -599,7 +632,8 @@ class Call:
                 await asyncio.wait_for(self.state_changed.wait(), min(left, 0.5))
         self.t_connected = time.monotonic()
         await self.bot.sio.emit("call:connected", {"roomId": self.room_id})
-        pair = rtc.selected_pair(self.pc)
+        await self._snapshot()
+        pair = self.pair
         desc = f"{pair['local']['type']}/{pair['remote']['type']}" if pair else "unknown pair"
         self.say(f"MEDIA CONNECTED in {self._ms(self.t_connected, self.t_start)} ms after call:start ({desc})")
 
@@ -617,23 +651,23 @@ class Call:
             for e, d in list(self.bot.inbox.items):
                 if e == "session:finalized":
                     self.bot.inbox.items.remove((e, d))
-                    self._on_finalized(d)
-                    reason = d.get("reason") if isinstance(d, dict) else None
-                    self.say(f"session finalised by the server (reason {reason})")
-                    if reason == "deadline":
-                        return "server-deadline", reason
-                    if reason in (None, "ended"):
-                        return "peer", reason
-                    return f"server-{reason}", reason
+                    return await self._ended_by_server(d)
                 if e == "peer:disconnected":
                     self.bot.inbox.items.remove((e, d))
                     self.say("the peer disconnected")
             if self.pc.connectionState in ("failed", "closed"):
+                # A peer that ended the call closes its connection; its session:finalized may still be
+                # on its way to us. Only a connection lost without one is a failure.
+                await self._snapshot()
+                data = await self._finalized(3)
+                if data is not None:
+                    return await self._ended_by_server(data)
                 self.say(f"connection {self.pc.connectionState}; ending the call")
                 await self._end()
                 return "ice-failed", None
             if now >= end_at:
                 self.say(f"{limit:.0f} s of media done; ending the call")
+                await self._snapshot()  # before the peer, told by the server, closes its side
                 await self._end()
                 data = await self._finalized(5)
                 self._on_finalized(data)
@@ -641,6 +675,7 @@ class Call:
                 return ("seconds" if self.opts.seconds is not None else "deadline"), reason
             if now >= next_report:
                 self._report()
+                await self._snapshot()
                 next_report = now + 2.0
             self.bot.inbox.changed.clear()
             self.state_changed.clear()
@@ -651,11 +686,40 @@ class Call:
             for w in waits:
                 w.cancel()
 
+    async def _ended_by_server(self, data: Any) -> tuple[str, str | None]:
+        await self._snapshot()
+        self._on_finalized(data)
+        reason = data.get("reason") if isinstance(data, dict) else None
+        self.say(f"session finalised by the server (reason {reason})")
+        if reason == "deadline":
+            return "server-deadline", reason
+        if reason in (None, "ended"):
+            return "peer", reason
+        return f"server-{reason}", reason
+
+    async def _snapshot(self) -> None:
+        """Keep the selected pair and what the peer reports receiving (RTCP receiver reports) while
+        the connection is up: after the call ends, the peer closing its side can take them away."""
+        if self.pc is None:
+            return
+        with contextlib.suppress(Exception):
+            pair = rtc.selected_pair(self.pc)
+            if pair is not None:
+                self.pair = pair
+            for sender in self.pc.getSenders():
+                if sender.track is None or sender.track.kind != "video":
+                    continue
+                for st in (await sender.getStats()).values():
+                    if st.type == "remote-inbound-rtp":
+                        self.peer_received = max(self.peer_received or 0, st.packetsReceived)
+                    elif st.type == "outbound-rtp":
+                        self.packets_sent = max(self.packets_sent or 0, st.packetsSent)
+
     def _report(self) -> None:
         rx = self.video_rx.stats if self.video_rx else None
         sent = self.video.frames_sent if self.video else 0
         if rx is not None:
-            self.say(f"video sent {sent}, received {rx.frames} (decoded {rx.decoded}, lost {rx.lost}, "
+            self.say(f"video sent {sent}, received {rx.frames} (decoded {rx.decoded}, lost {rx.missing}, "
                      f"{rx.fps:.1f} fps)")
 
     async def _end(self) -> None:
@@ -668,7 +732,8 @@ class Call:
     async def _stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "timeToConnectedMs": self._ms(self.t_connected, self.t_start),
-            "acceptToConnectedMs": self._ms(self.t_connected, self.t_asked),
+            "acceptToConnectedMs": self._ms(self.t_connected, self.t_accept),
+            "inviteToConnectedMs": None if self.t_invite is None else self._ms(self.t_connected, self.t_invite),
             "framesSent": self.video.frames_sent if self.video else 0,
             "framesReceived": 0, "framesDecoded": 0, "framesLost": 0, "receivedFps": 0.0,
             "timeToFirstFrameMs": None, "candidatePair": None, "peerReceivedPackets": None,
@@ -676,28 +741,17 @@ class Call:
         }
         if self.video_rx is not None:
             s = self.video_rx.stats
-            out.update(framesReceived=s.frames, framesDecoded=s.decoded, framesLost=s.lost, receivedFps=round(s.fps, 1),
-                       video=s.summary())
+            # Lost = never arrived (from the numbers); frames that arrived but could not be read are not lost.
+            out.update(framesReceived=s.frames, framesDecoded=s.decoded, framesLost=s.missing,
+                       receivedFps=round(s.fps, 1), video=s.summary())
             if s.first_frame_at is not None:
                 out["timeToFirstFrameMs"] = self._ms(s.first_frame_at, self.t_start)
         if self.audio_rx is not None:
             out["audio"] = {**self.audio_rx.summary(), "sent": self.audio.frames_sent if self.audio else 0}
         if self.t_connected is not None:
             out["mediaSeconds"] = round(time.monotonic() - self.t_connected, 1)
-        if self.pc is not None:
-            with contextlib.suppress(Exception):
-                pair = rtc.selected_pair(self.pc)
-                if pair is not None:
-                    out["candidatePair"] = pair
-                for sender in self.pc.getSenders():
-                    if sender.track is None or sender.track.kind != "video":
-                        continue
-                    report = await sender.getStats()
-                    for st in report.values():
-                        if st.type == "remote-inbound-rtp":
-                            out["peerReceivedPackets"] = st.packetsReceived
-                        elif st.type == "outbound-rtp":
-                            out["videoPacketsSent"] = st.packetsSent
+        await self._snapshot()
+        out.update(candidatePair=self.pair, peerReceivedPackets=self.peer_received, videoPacketsSent=self.packets_sent)
         received = [m for e, m in self.bot.inbox.items if e == "room:chat"]
         self.bot.inbox.drop(["room:chat", "room:joined", "call:deadline", "peer:disconnected"])
         out["chat"] = {"sent": self.chat_sent,

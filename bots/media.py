@@ -253,6 +253,16 @@ class VideoStats:
     last_frame_at: float | None = None
     width: int = 0
     height: int = 0
+    frames_before_first: int = 0  # frames that arrived before the first decoded number
+    frames_through_max: int = 0  # frames that arrived up to (and with) the highest decoded number
+
+    @property
+    def missing(self) -> int:
+        """Frames that never arrived: numbers spanned by the decoded ones minus frames that arrived in
+        that span (decoded or not). Unlike `lost`, an unreadable frame does not count."""
+        if self.first_seq is None or self.max_seq is None:
+            return 0
+        return max(0, self.max_seq - self.first_seq + 1 - (self.frames_through_max - self.frames_before_first))
 
     @property
     def lost(self) -> int:
@@ -271,7 +281,7 @@ class VideoStats:
     def summary(self) -> dict[str, Any]:
         return {"frames": self.frames, "decoded": self.decoded, "undecodable": self.undecodable,
                 "firstSeq": self.first_seq, "lastSeq": self.last_seq, "lost": self.lost,
-                "outOfOrder": self.out_of_order, "fps": round(self.fps, 1),
+                "missing": self.missing, "outOfOrder": self.out_of_order, "fps": round(self.fps, 1),
                 "resolution": f"{self.width}x{self.height}"}
 
 
@@ -344,8 +354,12 @@ class VideoReceiver(_Consumer):
         s.decoded += 1
         if s.last_seq is not None and seq <= s.last_seq:
             s.out_of_order += 1
-        s.first_seq = seq if s.first_seq is None else s.first_seq
+        if s.first_seq is None:
+            s.first_seq = seq
+            s.frames_before_first = s.frames - 1
         s.last_seq = seq
+        if s.max_seq is None or seq >= s.max_seq:
+            s.frames_through_max = s.frames
         s.max_seq = seq if s.max_seq is None else max(s.max_seq, seq)
         s.unique.add(seq)
 

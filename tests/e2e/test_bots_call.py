@@ -76,6 +76,12 @@ class BotProc:
         self.stdout, self.stderr = out.decode(errors="replace"), err.decode(errors="replace")
         return self.proc.returncode if self.proc.returncode is not None else -1
 
+    async def kill(self) -> None:
+        """Stop a bot the test no longer waits for (after a failure)."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.communicate()
+
     def summary(self) -> Any:
         lines = [ln for ln in self.stdout.splitlines() if ln.strip()]
         assert lines, f"no summary on stdout; stderr:\n{self.stderr[-3000:]}"
