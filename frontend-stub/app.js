@@ -8,6 +8,7 @@
  * candidates from the partner are applied too.
  *
  * URL options: ?relay=1 forces iceTransportPolicy "relay" (TURN only, like the original on iOS).
+ * ?trickle=1 sends each description at once and trickles every candidate (rtc:ice) instead.
  * ?pool=N sets iceCandidatePoolSize (default 0). The original client uses 10, which pre-allocates up
  * to 10 x (TURN URLs) relay allocations per call and can hit coturn's per-user quota (486).
  *
@@ -24,6 +25,7 @@
     "An operator can grant access (python -m server user grant-access <userId>), or run the server with REQUIRE_PAYMENT=false.";
   const params = new URLSearchParams(location.search);
   const RELAY_ONLY = params.get("relay") === "1";
+  const TRICKLE = params.get("trickle") === "1";
   const POOL_SIZE = Math.min(10, Math.max(0, Number(params.get("pool")) || 0));
 
   const $ = (id) => document.getElementById(id);
@@ -415,7 +417,7 @@
       roomId: d.roomId, sessionId: d.sessionId, isInitiator: Boolean(d.isInitiator),
       peer: d.peerUser || { name: "your partner" }, agreedSeconds: d.agreedSeconds, endsAt: d.endsAt,
       pc: null, localStream: null, remoteStream: null, iceServers: [], iceProvider: null,
-      pendingIce: [], descriptionSent: false, remoteTrack: false, connectedReported: false, generation: 0,
+      pendingIce: [], descriptionSent: false, remoteTrack: false, connectedReported: false, generation: 0, trickledOut: 0, trickledIn: 0,
       failures: 0, endSent: false, ready: null, how,
       timeline: { callStart: Date.now(), acceptClicked: state.acceptClickedAt || null },
     };
@@ -487,6 +489,7 @@
       // Candidates found before the description went out are inside its SDP; later ones are trickled.
       if (e.candidate && e.candidate.candidate && call.descriptionSent && state.call === call && call.pc === pc) {
         state.socket.emit("rtc:ice", { roomId: call.roomId, candidate: e.candidate.toJSON() });
+        call.trickledOut += 1;
       }
     };
     pc.onicecandidateerror = (e) => trace(`ICE candidate error ${e.errorCode} ${e.errorText} (${e.url})`);
@@ -525,7 +528,7 @@
     call.descriptionSent = true;  // set together with the read of localDescription (single-threaded)
     const cands = (d.sdp.match(/^a=candidate:.*$/gm) || []);
     trace(`sending ${d.type} with ${cands.length} candidate(s) (gathering ${pc.iceGatheringState}): ${cands.map((c) => c.split(" ").slice(4, 8).join(" ")).join(", ")}`);
-    if (!cands.length) callStatus("No ICE candidates: the relay (TURN) may have refused our credentials. Still trying…");
+    if (!cands.length && !TRICKLE) callStatus("No ICE candidates: the relay (TURN) may have refused our credentials. Still trying…");
     state.socket.emit(`rtc:${d.type}`, { roomId: call.roomId, [d.type]: { type: d.type, sdp: d.sdp } });
     call.timeline[d.type === "offer" ? "offerSent" : "answerSent"] = Date.now();
   }
@@ -534,7 +537,7 @@
     const pc = call.pc;
     call.descriptionSent = false;
     await pc.setLocalDescription(await pc.createOffer(opts));
-    await waitGathering(pc, GATHER_MS);
+    if (!TRICKLE) await waitGathering(pc, GATHER_MS);
     sendDescription(call, pc);
   }
 
@@ -562,7 +565,7 @@
     await flushIce(call);
     call.descriptionSent = false;
     await pc.setLocalDescription(await pc.createAnswer());
-    await waitGathering(pc, GATHER_MS);
+    if (!TRICKLE) await waitGathering(pc, GATHER_MS);
     sendDescription(call, pc);
     callStatus("Connecting…");
   }
@@ -580,6 +583,7 @@
   function onIce(d) {
     const call = state.call;
     if (!call || !d || !d.candidate || !d.candidate.candidate) return;
+    call.trickledIn += 1;
     if (call.pc && call.pc.remoteDescription) call.pc.addIceCandidate(d.candidate).catch((e) => console.warn("addIceCandidate", e));
     else call.pendingIce.push(d.candidate);
   }
@@ -744,6 +748,7 @@
       iceConnectionState: call && call.pc ? call.pc.iceConnectionState : null,
       inbound: {}, outbound: {}, pair: null, timeline: call ? { ...call.timeline } : null,
       relayOnly: RELAY_ONLY, iceProvider: call ? call.iceProvider : null, generation: call ? call.generation : 0,
+      trickle: TRICKLE, trickledOut: call ? call.trickledOut : 0, trickledIn: call ? call.trickledIn : 0,
       how: call ? call.how : null,
     };
     if (!call || !call.pc) return out;

@@ -126,19 +126,24 @@ async def invite_and_accept(base_settings: Settings, pa: Any, pb: Any, names: tu
     return caller_id, callee_id
 
 
-async def test_chromium_to_chromium_across_two_nodes(nodes: Cluster, base_settings: Settings, stack: Stack,
-                                                     artifacts: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signalling", ["gathered", "trickle"])
+async def test_chromium_to_chromium_across_two_nodes(signalling: str, nodes: Cluster, base_settings: Settings,
+                                                     stack: Stack, artifacts: Path, tmp_path: Path) -> None:
+    """"gathered": each description goes out once ICE gathering is complete, candidates inside (the
+    stub's default); "trickle" (?trickle=1): descriptions at once, every candidate as rtc:ice."""
     from playwright.async_api import async_playwright
 
     n1, n2 = nodes[0], nodes[1]
     marks = {n.name: n.log_size() for n in nodes.nodes}
     out = artifacts / "browser"
     async with async_playwright() as pw, \
-            open_page(pw, tmp_path / "caller", "chromium_caller", out) as (pa, la), \
-            open_page(pw, tmp_path / "callee", "chromium_callee", out) as (pb, lb):
-        await asyncio.gather(pa.goto(f"{n1.url}/?relay=1"), pb.goto(f"{n2.url}/?relay=1"))
+            open_page(pw, tmp_path / "caller", f"chromium_caller_{signalling}", out) as (pa, la), \
+            open_page(pw, tmp_path / "callee", f"chromium_callee_{signalling}", out) as (pb, lb):
+        query = "?relay=1" + ("&trickle=1" if signalling == "trickle" else "")
+        await asyncio.gather(pa.goto(f"{n1.url}/{query}"), pb.goto(f"{n2.url}/{query}"))
+        shots = out if signalling == "gathered" else None
         # The caller on node 1 invites the callee on node 2.
-        await invite_and_accept(base_settings, pa, pb, ("Alice", "Bob"), shots=out)
+        await invite_and_accept(base_settings, pa, pb, ("Alice", "Bob"), shots=shots)
         t_accept = time.monotonic()
 
         sa, sb = await asyncio.gather(wait_media(pa, la, MEDIA_WITHIN_S), wait_media(pb, lb, MEDIA_WITHIN_S))
@@ -160,6 +165,10 @@ async def test_chromium_to_chromium_across_two_nodes(nodes: Cluster, base_settin
             for end in (pair["local"], pair["remote"]):
                 assert end["address"] == "127.0.0.1" and low <= end["port"] <= high, pair
             assert s["iceProvider"] and s["relayOnly"], s
+            if signalling == "trickle":  # the partner's candidates all came as rtc:ice
+                assert s["trickle"] and s["trickledIn"] > 0 and s["trickledOut"] > 0, s
+            else:  # all inside the SDP
+                assert s["trickledIn"] == 0 and s["trickledOut"] == 0, s
         assert fps_a > 5 and fps_b > 5, (fps_a, fps_b)
         # Both pages reported call:connected (E11): the server's deadline, which each page counts down
         # to, shrank from accept + 60 s + 90 s to connected + 60 s + 5 s.
@@ -185,19 +194,20 @@ async def test_chromium_to_chromium_across_two_nodes(nodes: Cluster, base_settin
         await pb.locator("#chat-log li", has_text="hello from Alice").wait_for(timeout=5_000)
         await pa.locator("#chat-log li", has_text="hello from Alice").wait_for(timeout=5_000)
 
-        await asyncio.gather(pa.screenshot(path=str(out / "chromium_caller.png"), full_page=True),
-                             pb.screenshot(path=str(out / "chromium_callee.png"), full_page=True))
+        await asyncio.gather(pa.screenshot(path=str(out / f"chromium_caller_{signalling}.png"), full_page=True),
+                             pb.screenshot(path=str(out / f"chromium_callee_{signalling}.png"), full_page=True))
 
         # Ending from one side lands both on the end screen (session:finalized).
         await pa.click("#end-call")
         await asyncio.gather(pa.wait_for_selector("#view-ended:not([hidden])", timeout=10_000),
                              pb.wait_for_selector("#view-ended:not([hidden])", timeout=10_000))
         ended = await asyncio.gather(pa.evaluate("window.__napalm.lastEnded"), pb.evaluate("window.__napalm.lastEnded"))
-        await pb.screenshot(path=str(out / "stub_session_ended.png"))
+        if shots is not None:
+            await pb.screenshot(path=str(shots / "stub_session_ended.png"))
         assert ended[0]["sessionId"] and ended[0]["sessionId"] == ended[1]["sessionId"], ended
 
-    (out / "chromium_pair.json").write_text(json.dumps(report, indent=2))
-    print("\nChromium<->Chromium across two nodes:", json.dumps(
+    (out / f"chromium_pair_{signalling}.json").write_text(json.dumps(report, indent=2))
+    print(f"\nChromium<->Chromium across two nodes ({signalling}):", json.dumps(
         {k: report[k] for k in ("acceptToConnectedMs", "acceptToFirstFrameMs",
                                 "acceptToMoreThan30FramesBothWaysS", "decodedFps")}))
     errors = [f"{n.name}: {line}" for n in nodes.nodes for line in n.errors_since(marks[n.name])]
