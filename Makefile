@@ -5,6 +5,9 @@ PYTEST_ARGS ?=
 
 .PHONY: run test lint bench stack-down
 
+# `make run` is a local trial: Stripe is not configured locally, so nobody could pay. Everyone who
+# signs up gets into the queue unless you run `REQUIRE_PAYMENT=true make run`.
+run: export REQUIRE_PAYMENT ?= false
 run:  ## install what is missing, start the local stack, serve on http://127.0.0.1:8080
 	@deploy/bootstrap.sh run
 	@$(PY) -m server run

@@ -33,6 +33,8 @@ def cmd_serve(settings: Settings, host: str | None, port: int | None) -> None:
     configure_logging(settings.log_format, settings.log_level)
     _install_uvloop()
     settings = settings.with_(host=host or settings.host, port=port or settings.port)
+    if "PUBLIC_URL" not in os.environ:  # a second node on another port serves its own origin
+        settings = settings.with_(public_url=f"http://{settings.host}:{settings.port}")
     web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None,
                 print=lambda _msg: print(f"serving on http://{settings.host}:{settings.port}", flush=True),
                 shutdown_timeout=5)
@@ -87,6 +89,13 @@ def cmd_stack(settings: Settings, action: str) -> None:
 
 def cmd_run(settings: Settings) -> None:
     """`make run`: start the local stack, prepare it, serve; on Ctrl-C stop what this run started."""
+    import socket
+
+    with socket.socket() as probe:
+        if probe.connect_ex((settings.host, settings.port)) == 0:
+            print(f"error: {settings.host}:{settings.port} is already in use (another `make run`?). "
+                  "Stop it, or set PORT=...", file=sys.stderr)
+            raise SystemExit(2)
     stack = _stack(settings)
     t0 = time.monotonic()
     started = stack.up()

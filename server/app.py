@@ -63,7 +63,7 @@ async def _index(_request: web.Request) -> web.FileResponse:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=JSON_BODY_LIMIT,
-        middlewares=[request_context, cors_middleware(settings.allowed_origins), error_middleware],
+        middlewares=[request_context, cors_middleware(settings.origins), error_middleware],
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)

@@ -42,7 +42,7 @@ def attach(app: web.Application, settings: Settings) -> socketio.AsyncServer:
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
         client_manager=manager,
-        cors_allowed_origins=list(settings.allowed_origins),  # Origin allow-list on the handshake
+        cors_allowed_origins=list(settings.origins),  # Origin allow-list on the handshake
         ping_interval=25,
         ping_timeout=60,
         max_http_buffer_size=1_000_000,

@@ -121,5 +121,12 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
+    @property
+    def origins(self) -> tuple[str, ...]:
+        """Allowed browser origins: ALLOWED_ORIGINS plus this server's own public origin (the stub it
+        serves must always be able to talk to it)."""
+        own = "/".join(self.public_url.split("/")[:3])
+        return self.allowed_origins if own in self.allowed_origins else (*self.allowed_origins, own)
+
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
