@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
@@ -88,8 +89,11 @@ def _human(s: dict[str, Any]) -> str:
         pair_text = (f"{pair['local']['type']} {pair['local']['address']}:{pair['local']['port']}"
                      f"{' via TURN/' + pair['local']['turnTransport'] if pair['local'].get('turnTransport') else ''}"
                      f" <-> {pair['remote']['type']} {pair['remote']['address']}:{pair['remote']['port']}")
+    head = f"{'OK' if s.get('ok') else 'FAILED'}: {s.get('role')} {s.get('name')} ({s.get('userId')})"
+    if not s.get("roomId"):  # never got into a call
+        return f"{head}\n  ended by           {s.get('endedBy')}\n  reason             {s.get('error')}"
     lines = [
-        f"{'OK' if s.get('ok') else 'FAILED'}: {s.get('role')} {s.get('name')} ({s.get('userId')})",
+        head,
         f"  room               {s.get('roomId')}",
         f"  call:start->media  {s.get('timeToConnectedMs')} ms (accept->media {s.get('acceptToConnectedMs')} ms)",
         f"  video frames       sent {s.get('framesSent')}, received {s.get('framesReceived')} "
@@ -115,15 +119,18 @@ async def _run(args: argparse.Namespace) -> int:
         print(json.dumps(summary) if args.json else _human(summary), flush=True)
 
     bot = Bot(opts)
+    _on_interrupt([bot])
     if opts.mode != "wait" or opts.calls == 1:
         summary = await bot.run()
         show(summary)
-        return 0 if summary.get("ok") else 1
+        return 130 if bot.stopping else 0 if summary.get("ok") else 1
     # Several calls: one summary per call as it ends; a final failure that is not a call is shown too.
     summary = await bot.run(on_call=show)
     if not any(summary is c for c in bot.calls):
         show(summary)
     finished = bool(bot.calls) and (any(summary is c for c in bot.calls) or summary.get("endedBy") == "no-invite")
+    if bot.stopping:
+        return 130
     return 0 if finished and all(c.get("ok") for c in bot.calls) else 1
 
 
@@ -133,13 +140,35 @@ async def _swarm(args: argparse.Namespace) -> int:
     if args.n < 2 or args.n % 2:
         print("swarm: -n must be an even number >= 2", file=sys.stderr)
         return 2
-    summaries = await run_swarm(_options(args), args.n)
+    summaries = await run_swarm(_options(args), args.n, on_bot=lambda b: _on_interrupt([b]))
     if args.json:
         print(table(summaries), file=sys.stderr)
         print(json.dumps(summaries), flush=True)
     else:
         print(table(summaries), flush=True)
     return 0 if all(s.get("ok") for s in summaries) else 1
+
+
+_stoppable: list[Bot] = []
+
+
+def _on_interrupt(bots: list[Bot]) -> None:
+    """First Ctrl-C (or SIGTERM): every bot ends its call properly and reports. Second: exit at once."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    if not _stoppable:
+        def handler() -> None:
+            if any(b.stopping for b in _stoppable):
+                print("\ninterrupted again: exiting now", file=sys.stderr, flush=True)
+                os._exit(130)
+            print("\ninterrupted: ending the call(s); Ctrl-C again to exit at once", file=sys.stderr, flush=True)
+            for b in _stoppable:
+                b.stop()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, handler)
+    _stoppable.extend(bots)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,6 +77,7 @@ class _Inbox:
 
     items: list[tuple[str, Any]] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    stopped: bool = False  # Bot.stop(): interruptible waits give up
 
     def put(self, event: str, data: Any) -> None:
         self.items.append((event, data))
@@ -88,10 +89,13 @@ class _Inbox:
         self.items = [(e, d) for e, d in self.items if e not in wanted]
 
     async def take(self, names: Iterable[str], timeout: float | None,  # noqa: ASYNC109
-                   where: Callable[[str, Any], bool] | None = None) -> tuple[str, Any]:
+                   where: Callable[[str, Any], bool] | None = None,
+                   interruptible: bool = True) -> tuple[str, Any]:
         wanted = set(names)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if self.stopped and interruptible:
+                raise BotError("stopped (Ctrl-C or SIGTERM)", "interrupted")
             for i, (e, d) in enumerate(self.items):
                 if e in wanted and (where is None or where(e, d)):
                     del self.items[i]
@@ -117,10 +121,15 @@ class Bot:
         self.user_id = ""
         self.name = opts.name
         self.paid_status = ""
-        self.sio = socketio.AsyncClient(reconnection=True, reconnection_attempts=5, reconnection_delay=1)
+        # handle_sigint=False: python-socketio's own SIGINT handler cancels every task of the loop, which
+        # would cut a call without call:end; the CLI installs its own (Bot.stop).
+        self.sio = socketio.AsyncClient(reconnection=True, reconnection_attempts=5, reconnection_delay=1,
+                                        handle_sigint=False)
         self.inbox = _Inbox()
         self.signals: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.available = asyncio.Event()  # set once waiting for invites (queue:join done)
+        self.stopping = False
+        self._call: Call | None = None
         self._ice: dict[str, Any] | None = None
         self.summary: dict[str, Any] = {}
         self.calls: list[dict[str, Any]] = []  # summaries of finished calls
@@ -267,10 +276,14 @@ class Bot:
             t_accept = time.monotonic()
             await self.sio.emit("call:accept", {"inviteId": notify["inviteId"],
                                                 "requestedSeconds": self.opts.requested_seconds})
+            invite_id = notify["inviteId"]
+
+            def about_this_invite(e: str, d: Any, invite_id: str = invite_id) -> bool:
+                return e != "call:error" or d.get("inviteId") in (None, invite_id)
+
             try:
-                event, data = await self.inbox.take(
-                    ["call:start", "call:error", "error"], 10,
-                    where=lambda e, d, i=notify["inviteId"]: e != "call:error" or d.get("inviteId") in (None, i))
+                event, data = await self.inbox.take(["call:start", "call:error", "error"], 10,
+                                                    where=about_this_invite)
             except TimeoutError:
                 raise BotError("accepted, but no call:start within 10 s") from None
             if event == "call:start":
@@ -298,7 +311,10 @@ class Bot:
             if not shown:
                 self.say("nobody available yet; polling /room/queue")
                 shown = True
-            await asyncio.sleep(1.0)
+            for _ in range(10):
+                if self.stopping:
+                    raise BotError("stopped (Ctrl-C or SIGTERM)", "interrupted")
+                await asyncio.sleep(0.1)
 
     async def invite(self, to_user: str) -> tuple[dict[str, Any], float]:
         """call:invite, then wait for call:start; returns (call:start, invite time)."""
@@ -334,7 +350,20 @@ class Bot:
     # ------------------------------------------------------------------ the call
     async def call(self, start: dict[str, Any], t_asked: float) -> dict[str, Any]:
         """One call from its call:start; `t_asked` is when we accepted (callee) or invited (caller)."""
-        return await Call(self, start, t_asked, accepted_here=self.opts.mode == "wait").run()
+        self._call = Call(self, start, t_asked, accepted_here=self.opts.mode == "wait")
+        try:
+            return await self._call.run()
+        finally:
+            self._call = None
+
+    def stop(self) -> None:
+        """Ctrl-C: end the current call properly (call:end, wait for session:finalized, summary), or stop
+        waiting. Safe to call from a signal handler on the loop."""
+        self.stopping = True
+        self.inbox.stopped = True
+        self.inbox.changed.set()
+        if self._call is not None:
+            self._call.state_changed.set()
 
     # ------------------------------------------------------------------ whole run
     def _fresh_summary(self) -> dict[str, Any]:
@@ -473,6 +502,8 @@ class Call:
         received = out["framesReceived"]
         out["ok"] = (ended_by in GOOD_ENDINGS and self.t_connected is not None and received > 0
                      and out["framesSent"] > 0 and (out.get("peerReceivedPackets") or 0) > 0)
+        if ended_by == "interrupted" and error is None:
+            error = out["error"] = "stopped (Ctrl-C or SIGTERM)"
         if not out["ok"] and error is None:
             missing = []
             if received == 0:
@@ -594,7 +625,7 @@ class Call:
 
     async def _finalized(self, timeout: float) -> dict[str, Any] | None:  # noqa: ASYNC109
         try:
-            _, data = await self.bot.inbox.take(["session:finalized"], timeout)
+            _, data = await self.bot.inbox.take(["session:finalized"], timeout, interruptible=False)
         except TimeoutError:
             return None
         return data if isinstance(data, dict) else {}
@@ -622,6 +653,8 @@ class Call:
         deadline = self.t_start + self.opts.connect_timeout
         while not (self.pc.connectionState == "connected" and self.got_video.is_set()):
             self._check_broken(signalling)
+            if self.bot.stopping:
+                raise BotError("stopped before media connected", "interrupted")
             left = deadline - time.monotonic()
             if left <= 0:
                 raise BotError(f"no media connection within {self.opts.connect_timeout:.0f}s "
@@ -665,6 +698,13 @@ class Call:
                 self.say(f"connection {self.pc.connectionState}; ending the call")
                 await self._end()
                 return "ice-failed", None
+            if self.bot.stopping:
+                self.say("stopped: ending the call")
+                await self._snapshot()
+                await self._end()
+                data = await self._finalized(3)
+                self._on_finalized(data)
+                return "interrupted", data.get("reason") if data else None
             if now >= end_at:
                 self.say(f"{limit:.0f} s of media done; ending the call")
                 await self._snapshot()  # before the peer, told by the server, closes its side

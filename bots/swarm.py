@@ -7,6 +7,7 @@ report the same room. `table()` renders the per-bot summaries for a terminal.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -15,8 +16,10 @@ import aiohttp
 from bots.client import Bot, BotOptions
 
 
-async def run_swarm(base: BotOptions, n: int, setup_concurrency: int = 8) -> list[dict[str, Any]]:
-    """Run n (even) bots in n/2 calls; returns the summaries, waiters first."""
+async def run_swarm(base: BotOptions, n: int, setup_concurrency: int = 8,
+                    on_bot: Callable[[Bot], None] | None = None) -> list[dict[str, Any]]:
+    """Run n (even) bots in n/2 calls; returns the summaries, waiters first. `on_bot` sees each bot
+    as it is created (the CLI registers them for Ctrl-C)."""
     if n < 2 or n % 2:
         raise ValueError("a swarm needs an even number of bots (>= 2)")
     half = n // 2
@@ -24,6 +27,9 @@ async def run_swarm(base: BotOptions, n: int, setup_concurrency: int = 8) -> lis
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
         waiters = [Bot(replace(base, mode="wait", name=f"SwarmW{i + 1}", token=None,
                                wait_timeout=base.wait_timeout or 60.0), http) for i in range(half)]
+        for waiter in waiters:
+            if on_bot is not None:
+                on_bot(waiter)
 
         waiting = [asyncio.create_task(b.run(gate)) for b in waiters]
 
@@ -37,15 +43,19 @@ async def run_swarm(base: BotOptions, n: int, setup_concurrency: int = 8) -> lis
                         "error": "its waiting partner failed before it was available", "framesSent": 0,
                         "framesReceived": 0, "framesLost": 0}
             bot = Bot(replace(base, mode="invite", invite_user=w.user_id, name=f"SwarmC{i + 1}", token=None), http)
+            if on_bot is not None:
+                on_bot(bot)
+            if w.stopping:
+                bot.stop()
             return await bot.run(gate)
 
         calling = [asyncio.create_task(caller_run(i)) for i in range(half)]
         results = await asyncio.gather(*waiting, *calling)
     summaries = list(results)
     for i in range(half):
-        a, b = summaries[i], summaries[half + i]
-        if a.get("ok") and b.get("ok") and a.get("roomId") != b.get("roomId"):
-            for s in (a, b):
+        w_sum, c_sum = summaries[i], summaries[half + i]
+        if w_sum.get("ok") and c_sum.get("ok") and w_sum.get("roomId") != c_sum.get("roomId"):
+            for s in (w_sum, c_sum):
                 s["ok"] = False
                 s["error"] = "the pair's bots report different rooms"
     return summaries

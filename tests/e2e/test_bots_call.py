@@ -8,8 +8,10 @@ them. Relay-only ICE, so media can only flow through coturn with the server's cr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -52,11 +54,23 @@ def no_server_errors(bot_server: Node) -> Iterator[None]:
 
 
 class BotProc:
+    """One `python -m bots ...` process; stdout and stderr are collected while it runs."""
+
     def __init__(self, *args: str) -> None:
         self.args = args
         self.proc: asyncio.subprocess.Process | None = None
-        self.stdout = ""
-        self.stderr = ""
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._readers: list[asyncio.Task[None]] = []
+        self._grew = asyncio.Event()
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self._out)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._err)
 
     async def start(self) -> BotProc:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -64,23 +78,44 @@ class BotProc:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bots", *self.args, cwd=REPO, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._readers = [asyncio.create_task(self._read(self.proc.stdout, self._out)),
+                         asyncio.create_task(self._read(self.proc.stderr, self._err))]
         return self
+
+    async def _read(self, stream: asyncio.StreamReader, into: list[str]) -> None:
+        while line := await stream.readline():
+            into.append(line.decode(errors="replace"))
+            self._grew.set()
+
+    async def wait_line(self, text: str, timeout: float = 30) -> None:  # noqa: ASYNC109
+        """Until `text` appears on stderr (a progress line)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while text not in self.stderr:
+            left = end - loop.time()
+            assert left > 0 and self.proc is not None and self.proc.returncode is None, \
+                f"no {text!r} on stderr\n{self.explain()}"
+            self._grew.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._grew.wait(), min(left, 0.5))
 
     async def finish(self, timeout: float = BOT_TIMEOUT_S) -> int:  # noqa: ASYNC109
         assert self.proc is not None
         try:
-            out, err = await asyncio.wait_for(self.proc.communicate(), timeout)
+            await asyncio.wait_for(self.proc.wait(), timeout)
         except TimeoutError:
             self.proc.kill()
-            out, err = await self.proc.communicate()
-        self.stdout, self.stderr = out.decode(errors="replace"), err.decode(errors="replace")
+            await self.proc.wait()
+        await asyncio.gather(*self._readers)
         return self.proc.returncode if self.proc.returncode is not None else -1
 
     async def kill(self) -> None:
         """Stop a bot the test no longer waits for (after a failure)."""
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
-            await self.proc.communicate()
+            await self.proc.wait()
+            await asyncio.gather(*self._readers)
 
     def summary(self) -> Any:
         lines = [ln for ln in self.stdout.splitlines() if ln.strip()]
@@ -186,6 +221,33 @@ async def test_inviting_an_offline_user_fails_with_the_reason(bot_server, no_ser
     bot2 = await BotProc("run", "--server", bot_server.url, "--invite", offline, "--quiet").start()
     assert await bot2.finish(30) == 1
     assert "FAILED" in bot2.stdout and "reason             invite declined: offline" in bot2.stdout, bot2.explain()
+
+
+async def test_ctrl_c_ends_the_call_properly(bot_server, no_server_errors):
+    """SIGINT mid-call: the bot sends call:end (the peer hears session:finalized at once, not after the
+    disconnect grace), prints its summary, and exits 130."""
+    url = bot_server.url
+    waiter = await BotProc("run", "--server", url, "--wait", "--relay", "--seconds", "40", "--timeout", "30",
+                           "--size", "320x240", "--json").start()
+    caller = await BotProc("run", "--server", url, "--invite-first", "--relay", "--seconds", "40", "--timeout", "30",
+                           "--size", "320x240", "--json").start()
+    try:
+        await caller.wait_line("MEDIA CONNECTED")
+        await caller.wait_line("video sent", timeout=10)  # a progress report: 2 s of media, receiver reports in
+        assert caller.proc is not None
+        caller.proc.send_signal(signal.SIGINT)
+        assert await caller.finish(15) == 130, caller.explain()
+        assert await waiter.finish(15) == 0, waiter.explain()
+    finally:
+        await caller.kill()
+        await waiter.kill()
+    c, w = caller.summary(), waiter.summary()
+    assert c["endedBy"] == "interrupted" and c["ok"] is False and "stopped" in c["error"], c
+    assert c["framesReceived"] > 0 and c["roomId"] == w["roomId"], c
+    assert "interrupted: ending the call" in caller.stderr
+    # The peer saw a normal end by the other side, well within the 3 s disconnect grace of the test server.
+    assert w["ok"] and w["endedBy"] == "peer" and w["finalizeReason"] == "ended", w
+    assert w["mediaSeconds"] < 10, w
 
 
 def test_cli_rejects_an_odd_swarm_and_a_missing_mode():
