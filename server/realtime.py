@@ -191,11 +191,18 @@ class Realtime:
     async def reregister(self) -> None:
         """Redis has no record of this node (start-up, or Redis lost its data): put this node's
         live sockets back into presence and reload durable cooldowns."""
+        readded = []
         for sender in list(self.local.values()):
-            await presence.add_socket(self.deps.redis, sender.user_id, sender.sid, self.deps.settings.node_id,
-                                      sender.session_id)
-        if self.local:
-            log.warning("presence_rebuilt", sockets=len(self.local))
+            if sender.sid in self.local:
+                await presence.add_socket(self.deps.redis, sender.user_id, sender.sid, self.deps.settings.node_id,
+                                          sender.session_id)
+                readded.append(sender.sid)
+        # A socket that disconnected while we re-added it was removed before our add: undo it.
+        for sid in readded:
+            if sid not in self.local:
+                await presence.remove_socket(self.deps.redis, sid, explicit=True, grace_due_ms=0)
+        if readded:
+            log.warning("presence_rebuilt", sockets=len(readded))
         await rebuild_if_lost(self.deps)
 
     # ---- every client event ----

@@ -99,8 +99,11 @@ class Sweeper:
         mono = time.monotonic()
         if mono - self._last_beat >= s.node_heartbeat_seconds:
             self._last_beat = mono
-            if not await presence.heartbeat(redis, s.node_id, now_ms()):
+            # Re-register before announcing the beat, so anyone who sees this node alive also
+            # sees its sockets.
+            if not await presence.known_node(redis, s.node_id):
                 await self.on_registry_lost()
+            await presence.heartbeat(redis, s.node_id, now_ms())
             stale_before = now_ms() - int(s.node_dead_after_seconds * 1000)
             for node in await presence.dead_nodes(redis, stale_before):
                 sids = await presence.reap_node(redis, node, stale_before)

@@ -157,10 +157,13 @@ async def user_sids(redis: aioredis.Redis, user_id: str) -> set[str]:
     return {str(s) for s in await redis.smembers(sockets_key(user_id))}
 
 
-async def heartbeat(redis: aioredis.Redis, node: str, now_ms: int) -> bool:
-    """Record that `node` is alive. False if Redis had no record of it (first beat, or Redis lost
-    its data): the caller then re-registers its live sockets."""
-    return not bool(await redis.hset("nodes", node, now_ms))
+async def known_node(redis: aioredis.Redis, node: str) -> bool:
+    """False on a node's first beat, or after Redis lost its data: its sockets must be re-registered."""
+    return bool(await redis.hexists("nodes", node))
+
+
+async def heartbeat(redis: aioredis.Redis, node: str, now_ms: int) -> None:
+    await redis.hset("nodes", node, now_ms)
 
 
 async def dead_nodes(redis: aioredis.Redis, stale_before_ms: int) -> list[str]:
