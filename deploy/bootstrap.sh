@@ -27,7 +27,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
 fi
-extras=""; [ "$mode" = test ] && extras="[dev]"
+extras="[bots]"; [ "$mode" = test ] && extras="[dev]"
 stamp=".venv/.installed-$mode-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "bootstrap: installing Python packages (.${extras})"
