@@ -18,8 +18,8 @@ from typing import Any
 try:
     from bots.client import Bot, BotOptions
 except ImportError as exc:  # aiortc and PyAV come with the dev extras
-    sys.exit(f"python -m bots: {exc}. The bots need aiortc: `make test` installs it, "
-             "or run .venv/bin/pip install -e '.[dev]'")
+    sys.exit(f"python -m bots: {exc}. The bots need aiortc: `make run` installs it, "
+             "or run .venv/bin/pip install -e '.[bots]'")
 
 
 def _size(text: str) -> tuple[int, int]:

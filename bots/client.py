@@ -243,10 +243,18 @@ class Bot:
     def _error_text(self, event: str, data: Any) -> str:
         if isinstance(data, dict):
             text = f"{data.get('code', event)}: {data.get('message', '')}"
-            if data.get("code") == "PAYMENT_REQUIRED":
+            if data.get("code") == "PAYMENT_REQUIRED" or "payment required" in str(data.get("message")).lower():
                 text += f" ({ACCESS_HINT})"
             return text
         return f"{event}: {data}"
+
+    async def _typed(self, event: str, data: Any) -> tuple[str, Any]:
+        """The server sends a legacy `error {message}` next to the typed `call:error {code}` (E10):
+        prefer the typed one when it follows."""
+        if event == "error":
+            with contextlib.suppress(TimeoutError):
+                return await self.inbox.take(["call:error"], 0.5)
+        return event, data
 
     # ------------------------------------------------------------------ getting into a call
     async def wait_for_call(self) -> tuple[dict[str, Any], float]:
@@ -288,6 +296,7 @@ class Bot:
                 raise BotError("accepted, but no call:start within 10 s") from None
             if event == "call:start":
                 return data, t_accept
+            event, data = await self._typed(event, data)
             self.say(f"accept failed ({self._error_text(event, data)}); waiting for another invite")
 
     async def pick_first(self) -> str:
@@ -329,6 +338,7 @@ class Bot:
         if event == "call:declined":
             raise BotError(f"invite declined: {data.get('reason')}", f"declined:{data.get('reason')}")
         if event in ("call:error", "error"):
+            event, data = await self._typed(event, data)
             raise BotError(f"invite refused: {self._error_text(event, data)}", "invite-refused")
         if event == "call:start":
             return data, t_invite
