@@ -16,6 +16,11 @@ test:  ## the whole suite against throwaway real services
 	@deploy/bootstrap.sh test
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
+bench:  ## measurements that print numbers against an in-run baseline (not part of make test)
+	@deploy/bootstrap.sh test
+	@$(PY) -m pytest -p tests.conftest -p tests.multinode.conftest bench/test_signaling_latency.py -q -s
+	@$(PY) bench/media_upload_memory.py
+
 lint:
 	@deploy/bootstrap.sh test
 	$(VENV)/bin/ruff check server tests

@@ -1,6 +1,7 @@
-"""Latency on one node vs across two nodes: invite -> call:start (the callee accepts as soon as it is
-notified) and rtc:offer -> delivery to the partner. Printed, and written to
-test-artifacts/multinode/timings.json; the bounds asserted are loose sanity limits."""
+"""Benchmark (`make bench`, not part of `make test`): signalling latency on one node (the baseline)
+vs across two nodes, measured in the same run: invite -> call:start (the callee accepts as soon as it
+is notified) and rtc:offer -> delivery to the partner. Printed side by side and written to
+test-artifacts/multinode/timings.json. It asserts nothing about speed: numbers are for reading."""
 
 from __future__ import annotations
 
@@ -69,6 +70,6 @@ async def test_latency_one_node_vs_two(users, peers, n1, n2, rds):
         for metric, s in r.items():
             print(f"{name:<10} {metric:<22} median {s['median_ms']:7.2f} ms  p95 {s['p95_ms']:7.2f} ms  "
                   f"max {s['max_ms']:7.2f} ms  (n={s['n']})")
-    for r in (one, two):
-        assert r["invite_to_call_start"]["median_ms"] < 500
-        assert r["offer_to_partner"]["median_ms"] < 250
+    for metric in one:
+        ratio = two[metric]["median_ms"] / one[metric]["median_ms"]
+        print(f"two nodes / one node, {metric:<22} median x{ratio:.2f}")
