@@ -149,6 +149,10 @@ class Realtime:
         await self.sio.enter_room(sid, emit.user_room(uid))
         await self.sio.enter_room(sid, emit.session_room(sess))
         arrival = await presence.add_socket(self.deps.redis, uid, sid, self.deps.settings.node_id, sess)
+        if self.local.get(sid) is not sender:
+            # The socket went away while we were binding it; its disconnect found nothing to remove.
+            await departures.socket_gone(self.deps, sid, explicit=False)
+            return
         structlog.contextvars.bind_contextvars(user_id=uid)
         await emit.to_sid(self.deps, sid, "auth:success", {"userId": uid, "serverNow": now_ms()})
         if arrival.first_socket:

@@ -70,9 +70,10 @@ async def join(deps: Deps, sender: Sender, room_id: str) -> None:
     for item in buffered:
         msg = json.loads(item)
         await emit.to_sid(deps, sender.sid, msg["event"], msg["data"])
-    await emit.to_sid(deps, sender.sid, "room:joined", {"roomId": room_id, "peerPresent": partner_joined})
     await emit.to_sid(deps, sender.sid, "call:deadline",
                       {"roomId": room_id, "endsAt": deadline, "serverNow": timers.now_ms()})
+    # Last: a client waiting for room:joined has everything the join delivers.
+    await emit.to_sid(deps, sender.sid, "room:joined", {"roomId": room_id, "peerPresent": partner_joined})
     return None
 
 

@@ -245,4 +245,7 @@ try {
   callee.close();
 }
 console.log(JSON.stringify(result));
+// With the polling transport the DISCONNECT packet goes out in an HTTP request of its own: give it
+// time to leave, or the server keeps the socket until its ping timeout.
+await sleep(500);
 process.exit(result.ok ? 0 : 1);

@@ -292,6 +292,18 @@ async def _clean(request: pytest.FixtureRequest, settings: Settings) -> AsyncIte
                 return await r.hlen("nodes") >= len(cl.nodes)
 
             assert await eventually(registered, within=5), "nodes did not heartbeat after the reset"
+
+            # A node re-registers the sockets it still holds after the flush; the previous test's
+            # sockets may still be closing on the server side. Start once they are all gone.
+            async def nobody_online() -> bool:
+                return await r.scard("online") == 0
+
+            if not await eventually(nobody_online, within=5):
+                left = {}
+                for uid in await r.smembers("online"):
+                    socks = await r.smembers(f"u:{uid.decode()}:socks")
+                    left[uid.decode()] = {x.decode(): await r.hgetall(f"sid:{x.decode()}") for x in socks}
+                raise AssertionError(f"sockets of an earlier test are still online: {left}")
         finally:
             await r.aclose()
     marks = {n.name: n.log_size() for n in cl.nodes} if cl else {}
