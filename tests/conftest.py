@@ -53,6 +53,14 @@ def base_settings(stack: Stack) -> Settings:
     )
 
 
+@pytest.fixture(scope="session")
+def s3(base_settings: Settings) -> Any:
+    """A boto3 client on the test session's S3 server, for inspecting the bucket."""
+    from server.app import make_s3_client
+
+    return make_s3_client(base_settings)
+
+
 @pytest.fixture
 def settings(base_settings: Settings) -> Settings:
     return base_settings

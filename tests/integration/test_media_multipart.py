@@ -27,24 +27,15 @@ from test_media_samples import (
     WEBP_HEAD,
     fetch,
     form,
+    new_user,
     pending_multipart,
     sample,
     user_objects,
 )
 
-from server.app import create_app, make_s3_client
+from server.app import create_app
 from tests.conftest import reset_state
-from tests.helpers import auth, guest
-
-
-@pytest.fixture(scope="module")
-def s3(base_settings):
-    return make_s3_client(base_settings)
-
-
-async def _user(client):
-    g = await guest(client)
-    return g["userId"], g["sessionToken"]
+from tests.helpers import auth
 
 
 async def _upload(client, token, kind, data, filename=None, content_type=None):
@@ -63,7 +54,7 @@ def _assert_nothing_stored(s3, settings, user_id):
 
 # ---- accepted uploads ----
 async def test_selfie_is_stored_under_the_user_and_the_signed_url_serves_the_bytes(client, db, s3, settings):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     data = sample(JPEG_HEAD, 300_000, random=True)
     status, body = await _upload(client, token, "selfie", data)
     assert status == 200, body
@@ -89,7 +80,7 @@ async def test_selfie_is_stored_under_the_user_and_the_signed_url_serves_the_byt
 @pytest.mark.parametrize(("head", "ext", "mime"), [(PNG_HEAD, "png", "image/png"),
                                                    (WEBP_HEAD, "webp", "image/webp")])
 async def test_png_and_webp_selfies_are_typed_by_their_bytes(client, db, s3, settings, head, ext, mime):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     # The client's filename and MIME type say JPEG; the bytes decide.
     status, _ = await _upload(client, token, "selfie", sample(head, 5000), "selfie.jpg", "image/jpeg")
     assert status == 200
@@ -99,7 +90,7 @@ async def test_png_and_webp_selfies_are_typed_by_their_bytes(client, db, s3, set
 
 
 async def test_video_as_the_recorder_sends_it(client, db, s3, settings):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     data = sample(WEBM_HEAD, 2 * MB, random=True)
     status, body = await _upload(client, token, "video", data, "intro.webm", "video/webm;codecs=vp9")
     assert status == 200, body
@@ -113,7 +104,7 @@ async def test_video_as_the_recorder_sends_it(client, db, s3, settings):
 @pytest.mark.parametrize(("head", "ext", "mime"), [(MP4_HEAD, "mp4", "video/mp4"),
                                                    (MOV_HEAD, "mov", "video/quicktime")])
 async def test_safari_and_file_picker_videos_named_intro_webm(client, db, s3, settings, head, ext, mime):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     status, _ = await _upload(client, token, "video", sample(head, 100_000), "intro.webm", "video/webm")
     assert status == 200
     key = await db.fetchval("SELECT video_key FROM users WHERE id = $1", uuid.UUID(user_id))
@@ -122,7 +113,7 @@ async def test_safari_and_file_picker_videos_named_intro_webm(client, db, s3, se
 
 
 async def test_video_larger_than_one_part_streams_through_s3_multipart(client, db, s3, settings):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     data = sample(WEBM_HEAD, 23 * MB + 12345, random=True)  # five parts, the last one short
     status, body = await _upload(client, token, "video", data)
     assert status == 200, body
@@ -135,7 +126,7 @@ async def test_video_larger_than_one_part_streams_through_s3_multipart(client, d
 
 
 async def test_a_video_of_exactly_the_limit_is_accepted(client, db, s3, settings):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     status, body = await _upload(client, token, "video", sample(WEBM_HEAD, VIDEO_MAX))
     assert status == 200, body
     key = await db.fetchval("SELECT video_key FROM users WHERE id = $1", uuid.UUID(user_id))
@@ -143,7 +134,7 @@ async def test_a_video_of_exactly_the_limit_is_accepted(client, db, s3, settings
 
 
 async def test_replacing_deletes_the_old_object(client, db, s3, settings):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     await _upload(client, token, "selfie", sample(JPEG_HEAD, 1000))
     first = await db.fetchval("SELECT selfie_key FROM users WHERE id = $1", uuid.UUID(user_id))
     await asyncio.sleep(0.002)  # a later timestamp, so a new key
@@ -161,7 +152,7 @@ async def test_replacing_deletes_the_old_object(client, db, s3, settings):
 
 
 async def test_concurrent_replacements_leave_exactly_the_referenced_object(client, db, s3, settings):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     results = await asyncio.gather(*[
         _upload(client, token, "selfie", sample(JPEG_HEAD, 200_000 + i)) for i in range(4)])
     assert all(status == 200 for status, _ in results)
@@ -170,7 +161,7 @@ async def test_concurrent_replacements_leave_exactly_the_referenced_object(clien
 
 
 async def test_unreferenced_stale_objects_of_the_user_are_swept(client, db, s3, settings):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     stale = f"users/{user_id}/selfie-{int((time.time() - 3 * 3600) * 1000)}.jpg"  # never confirmed
     recent = f"users/{user_id}/intro-{int(time.time() * 1000)}.webm"  # a presigned upload awaiting confirm
     for key in (stale, recent):
@@ -182,7 +173,7 @@ async def test_unreferenced_stale_objects_of_the_user_are_swept(client, db, s3, 
 
 # ---- rejections: JSON errors, nothing stored ----
 async def test_selfie_one_byte_over_ten_mb_is_413(client, db, s3, settings):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     status, body = await _upload(client, token, "selfie", sample(JPEG_HEAD, SELFIE_MAX + 1))
     assert status == 413 and body["code"] == "file_too_large" and body["maxBytes"] == SELFIE_MAX
     assert "too large" in body["error"]
@@ -191,14 +182,14 @@ async def test_selfie_one_byte_over_ten_mb_is_413(client, db, s3, settings):
 
 
 async def test_video_one_byte_over_fifty_mb_is_413_and_the_multipart_upload_is_aborted(client, s3, settings):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     status, body = await _upload(client, token, "video", sample(WEBM_HEAD, VIDEO_MAX + 1))
     assert status == 413 and body["maxBytes"] == VIDEO_MAX
     _assert_nothing_stored(s3, settings, user_id)
 
 
 async def test_a_body_far_over_the_limit_is_refused_from_its_content_length(client, s3, settings):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     t0 = time.monotonic()
     status, body = await _upload(client, token, "selfie", sample(JPEG_HEAD, 12 * MB))
     assert status == 413 and body["code"] == "file_too_large"
@@ -216,7 +207,7 @@ async def test_a_body_far_over_the_limit_is_refused_from_its_content_length(clie
     ("video", TEXT, "intro.mp4", "video/mp4"),
 ], ids=["svg", "text-named-jpg", "html", "webm-as-selfie", "png-as-video", "matroska", "text-as-video"])
 async def test_wrong_type_is_415(client, s3, settings, kind, data, filename, ctype):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     status, body = await _upload(client, token, kind, data, filename, ctype)
     assert status == 415 and body["code"] == "unsupported_media_type", body
     assert isinstance(body["error"], str) and body["accepted"]
@@ -224,14 +215,14 @@ async def test_wrong_type_is_415(client, s3, settings, kind, data, filename, cty
 
 
 async def test_wrong_type_after_the_first_part_is_still_rejected_before_storing(client, s3, settings):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     status, _ = await _upload(client, token, "video", b"GIF89a" + b"\x00" * (7 * MB))
     assert status == 415
     _assert_nothing_stored(s3, settings, user_id)
 
 
 async def test_empty_file_is_400(client, s3, settings):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     for kind in ("selfie", "video"):
         status, body = await _upload(client, token, kind, b"")
         assert status == 400 and body["code"] == "empty_file"
@@ -239,7 +230,7 @@ async def test_empty_file_is_400(client, s3, settings):
 
 
 async def test_missing_file_field_is_400_no_file_uploaded(client, s3, settings):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     misnamed = form("file", sample(JPEG_HEAD, 100), "selfie.jpg", "image/jpeg")
     resp = await client.post("/media/selfie", data=misnamed, headers=auth(token))
     assert resp.status == 400 and (await resp.json())["error"] == "No file uploaded"
@@ -252,7 +243,7 @@ async def test_missing_file_field_is_400_no_file_uploaded(client, s3, settings):
 
 
 async def test_other_form_fields_are_skipped_but_bounded(client, s3, settings):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     fd = aiohttp.FormData()
     fd.add_field("note", "hello")
     fd.add_field("selfie", sample(JPEG_HEAD, 1000), filename="selfie.jpg", content_type="image/jpeg")
@@ -282,7 +273,7 @@ async def test_server_side_encryption_is_requested_when_configured(base_settings
     sse_settings = base_settings.with_(s3_sse="AES256")
     await reset_state(sse_settings)
     client = await aiohttp_client(create_app(sse_settings))
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     for kind, head, size in (("selfie", JPEG_HEAD, 1000), ("video", WEBM_HEAD, 6 * MB)):
         status, _ = await _upload(client, token, kind, sample(head, size))
         assert status == 200

@@ -26,24 +26,15 @@ from test_media_samples import (
     VIDEO_MAX,
     WEBM_HEAD,
     fetch,
+    new_user,
     sample,
     user_objects,
 )
 
-from server.app import create_app, make_s3_client
+from server.app import create_app
 from server.media.service import UPLOADS_PER_HOUR
 from tests.conftest import reset_state
-from tests.helpers import auth, guest
-
-
-@pytest.fixture(scope="module")
-def s3(base_settings):
-    return make_s3_client(base_settings)
-
-
-async def _user(client):
-    g = await guest(client)
-    return g["userId"], g["sessionToken"]
+from tests.helpers import auth
 
 
 async def _issue(client, token, kind="selfie", content_type="image/jpeg", length=1000):
@@ -73,7 +64,7 @@ def _policy(grant):
 
 # ---- the grant ----
 async def test_upload_url_signs_a_short_lived_policy_for_exactly_one_key(client, settings):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     before = time.time()
     status, grant = await _issue(client, token, "selfie", "image/jpeg", 400_000)
     assert status == 200, grant
@@ -101,7 +92,7 @@ async def test_upload_url_signs_a_short_lived_policy_for_exactly_one_key(client,
 
 
 async def test_video_grant_takes_the_recorders_content_type(client):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     status, grant = await _issue(client, token, "video", "video/webm;codecs=vp9", 10 * MB)
     assert status == 200
     assert grant["key"].startswith(f"users/{user_id}/intro-") and grant["key"].endswith(".webm")
@@ -119,14 +110,14 @@ async def test_video_grant_takes_the_recorders_content_type(client):
     ({"kind": "selfie", "contentType": "image/jpeg"}, 400, "validation_failed"),
 ])
 async def test_upload_url_validation(client, body, status, code):
-    _, token = await _user(client)
+    _, token = await new_user(client)
     resp = await client.post("/media/upload-url", json=body, headers=auth(token))
     assert resp.status == status
     assert (await resp.json())["code"] == code
 
 
-async def test_upload_url_is_rate_limited_per_user(client):
-    _, token = await _user(client)
+async def test_upload_url_is_rate_limited_pernew_user(client):
+    _, token = await new_user(client)
     for _ in range(UPLOADS_PER_HOUR):
         assert (await _issue(client, token))[0] == 200
     status, body = await _issue(client, token)
@@ -135,7 +126,7 @@ async def test_upload_url_is_rate_limited_per_user(client):
 
 # ---- end to end ----
 async def test_presigned_post_then_confirm_end_to_end(client, db, s3, settings):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     data = sample(JPEG_HEAD, 250_000, random=True)
     _, grant = await _issue(client, token, "selfie", "image/jpeg", len(data))
     assert await _post_to_s3(grant, data) in (200, 201, 204)
@@ -154,7 +145,7 @@ async def test_presigned_post_then_confirm_end_to_end(client, db, s3, settings):
 
 
 async def test_presigned_put_then_confirm_replaces_the_multipart_video(client, db, s3, settings):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     form = aiohttp.FormData()
     form.add_field("video", sample(WEBM_HEAD, 5000), filename="intro.webm", content_type="video/webm")
     assert (await client.post("/media/video", data=form, headers=auth(token))).status == 200
@@ -174,7 +165,7 @@ async def test_presigned_put_then_confirm_replaces_the_multipart_video(client, d
 
 # ---- confirm enforces the rules the store did not ----
 async def test_confirm_rejects_an_oversize_object_and_deletes_it(client, db, s3, settings):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     _, grant = await _issue(client, token, "selfie", "image/jpeg", 1000)
     # The local store accepts what the policy forbids.
     assert await _post_to_s3(grant, sample(JPEG_HEAD, SELFIE_MAX + 1)) in (200, 201, 204)
@@ -192,7 +183,7 @@ async def test_confirm_rejects_an_oversize_object_and_deletes_it(client, db, s3,
 ], ids=["text-as-jpeg", "png-under-jpg-key", "served-as-html", "png-as-video"])
 async def test_confirm_rejects_a_wrong_type_and_deletes_it(client, s3, settings, kind, declared, data,
                                                            stored_type):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     _, grant = await _issue(client, token, kind, declared, len(data))
     assert await _post_to_s3(grant, data, content_type=stored_type) in (200, 201, 204)
     status, body = await _confirm(client, token, kind, grant["key"])
@@ -201,7 +192,7 @@ async def test_confirm_rejects_a_wrong_type_and_deletes_it(client, s3, settings,
 
 
 async def test_confirm_rejects_an_empty_object_and_deletes_it(client, s3, settings):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     _, grant = await _issue(client, token, "selfie", "image/jpeg", 10)
     s3.put_object(Bucket=settings.s3_bucket, Key=grant["key"], Body=b"", ContentType="image/jpeg")
     status, body = await _confirm(client, token, "selfie", grant["key"])
@@ -210,8 +201,8 @@ async def test_confirm_rejects_an_empty_object_and_deletes_it(client, s3, settin
 
 
 async def test_confirm_of_another_users_key_is_403_and_leaves_it_alone(client, db, s3, settings):
-    victim_id, victim_token = await _user(client)
-    _, attacker_token = await _user(client)
+    victim_id, victim_token = await new_user(client)
+    _, attacker_token = await new_user(client)
     _, grant = await _issue(client, victim_token, "selfie", "image/jpeg", 1000)
     await _post_to_s3(grant, sample(JPEG_HEAD, 1000))
     status, body = await _confirm(client, attacker_token, "selfie", grant["key"])
@@ -224,7 +215,7 @@ async def test_confirm_of_another_users_key_is_403_and_leaves_it_alone(client, d
 
 
 async def test_confirm_of_a_missing_object_or_an_unissued_key(client, s3, settings):
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     _, grant = await _issue(client, token, "selfie", "image/jpeg", 1000)
     status, body = await _confirm(client, token, "selfie", grant["key"])  # nothing uploaded yet
     assert status == 404 and body["code"] == "upload_not_found"
@@ -245,7 +236,7 @@ async def test_presigned_grants_carry_server_side_encryption_when_configured(bas
     sse_settings = base_settings.with_(s3_sse="AES256")
     await reset_state(sse_settings)
     client = await aiohttp_client(create_app(sse_settings))
-    _, token = await _user(client)
+    _, token = await new_user(client)
     _, grant = await _issue(client, token, "selfie", "image/png", 1000)
     assert grant["fields"]["x-amz-server-side-encryption"] == "AES256"
     assert {"x-amz-server-side-encryption": "AES256"} in _policy(grant)["conditions"]
@@ -256,7 +247,7 @@ async def test_cdn_base_replaces_signed_urls(base_settings, aiohttp_client):
     cdn_settings = base_settings.with_(media_cdn_base="https://media.example.test/")
     await reset_state(cdn_settings)
     client = await aiohttp_client(create_app(cdn_settings))
-    user_id, token = await _user(client)
+    user_id, token = await new_user(client)
     form = aiohttp.FormData()
     form.add_field("selfie", sample(JPEG_HEAD, 1000), filename="selfie.jpg", content_type="image/jpeg")
     body = await (await client.post("/media/selfie", data=form, headers=auth(token))).json()

@@ -28,6 +28,13 @@ SVG = b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"><script>ale
 TEXT = b"this is not a jpeg at all, just text\n" * 20
 
 
+async def new_user(client: Any) -> tuple[str, str]:
+    from tests.helpers import guest
+
+    g = await guest(client)
+    return g["userId"], g["sessionToken"]
+
+
 def sample(head: bytes, size: int, random: bool = False) -> bytes:
     """`head` followed by filler up to `size` bytes (random filler for integrity checks)."""
     rest = size - len(head)
