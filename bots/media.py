@@ -155,6 +155,17 @@ def decode_frame(frame: av.VideoFrame) -> int | None:
 
 
 # ------------------------------------------------------------------ senders
+
+async def _pace(start: float | None, offset_s: float) -> float:
+    """Real-time pacing for a synthetic track: sleep until `start + offset_s`. Returns the start
+    (the current time on the first frame)."""
+    now = time.monotonic()
+    if start is None:
+        return now
+    if start + offset_s > now:
+        await asyncio.sleep(start + offset_s - now)
+    return start
+
 class NumberedVideoTrack(MediaStreamTrack):
     """Video whose frame n shows the number n (see module docstring). Paced in real time."""
 
@@ -173,13 +184,7 @@ class NumberedVideoTrack(MediaStreamTrack):
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        else:
-            due = self._start + self.seq / self.fps
-            if due > now:
-                await asyncio.sleep(due - now)
+        self._start = await _pace(self._start, self.seq / self.fps)
         frame = self.make_frame(self.seq)
         frame.pts = int(self.seq * VIDEO_CLOCK_RATE / self.fps)
         frame.time_base = VIDEO_TIME_BASE
@@ -217,13 +222,7 @@ class ToneAudioTrack(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        else:
-            due = self._start + self._pts / AUDIO_RATE
-            if due > now:
-                await asyncio.sleep(due - now)
+        self._start = await _pace(self._start, self._pts / AUDIO_RATE)
         offset = (self._pts % AUDIO_RATE) * 2
         chunk = self._pcm[offset: offset + AUDIO_SAMPLES * 2]
         if len(chunk) < AUDIO_SAMPLES * 2:

@@ -50,14 +50,3 @@ async def call_error(deps: Deps, sid: str, code: str, message: str, **ids: Any) 
     await deps.sio.emit("error", {"message": message}, to=sid)
     await deps.sio.emit("call:error", {"code": code, "message": message, **ids}, to=sid)
 
-
-class Sender:
-    """The authenticated socket an event came from."""
-
-    __slots__ = ("caps", "session_id", "sid", "user_id")
-
-    def __init__(self, sid: str, user_id: str, session_id: str, caps: frozenset[str]) -> None:
-        self.sid = sid
-        self.user_id = user_id
-        self.session_id = session_id
-        self.caps = caps

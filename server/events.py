@@ -8,7 +8,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.deps import Deps
-from server.emit import Sender
+
+
+class Sender:
+    """The authenticated socket an event came from."""
+
+    __slots__ = ("caps", "session_id", "sid", "user_id")
+
+    def __init__(self, sid: str, user_id: str, session_id: str, caps: frozenset[str]) -> None:
+        self.sid = sid
+        self.user_id = user_id
+        self.session_id = session_id
+        self.caps = caps
+
 
 Handler = Callable[[Deps, Sender, dict[str, Any]], Awaitable[None]]
 

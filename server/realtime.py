@@ -14,14 +14,14 @@ import structlog
 from aiohttp import web
 
 from server import emit
+from server.accounts.profile import card
 from server.accounts.sessions import Principal, authenticate
-from server.calls import departures, invites, rooms, state
+from server.calls import departures, invites, rooms, state, store
 from server.calls import events as _call_events  # noqa: F401  (registers handlers)
 from server.calls.cooldowns import rebuild_if_lost
 from server.deps import Deps
-from server.emit import Sender
 from server.errors import ApiError
-from server.events import EVENTS, EventSpec, obj
+from server.events import EVENTS, EventSpec, Sender, obj
 from server.httpio import validate
 from server.presence import events as _presence_events  # noqa: F401  (registers handlers)
 from server.presence import state as presence
@@ -167,7 +167,7 @@ class Realtime:
             if room.get("state") == "active":
                 partner = room["b"] if room["a"] == uid else room["a"]
                 await self.sio.enter_room(sid, emit.member_room(arrival.room_id, uid))
-                peer = await _peer_card(deps, partner)
+                peer = await _card(deps, partner)
                 await emit.to_sid(deps, sid, "call:resume", {
                     "roomId": arrival.room_id, "peerUser": peer, "isInitiator": room["a"] == uid,
                     "agreedSeconds": int(room["agreed"]), "endsAt": int(room["deadline"]), "serverNow": now_ms()})
@@ -282,14 +282,9 @@ def _caps(auth: Any) -> frozenset[str]:
     return frozenset(c for c in raw if isinstance(c, str) and c in KNOWN_CAPS)
 
 
-async def _peer_card(deps: Deps, user_id: str) -> dict[str, Any]:
-    from server.calls import store
-    from server.media.urls import media_url
-
+async def _card(deps: Deps, user_id: str) -> dict[str, Any]:
     u = (await store.users_by_id(deps.db, [user_id])).get(user_id)
-    if u is None:
-        return {"userId": user_id, "name": ""}
-    return {"userId": user_id, "name": u["name"], "gender": u["gender"], "selfieUrl": media_url(deps, u["selfie_key"])}
+    return card(deps, u) if u is not None else {"userId": user_id, "name": ""}
 
 
 async def _renotify(deps: Deps, sid: str, invite_id: str) -> None:
@@ -300,14 +295,7 @@ async def _renotify(deps: Deps, sid: str, invite_id: str) -> None:
     left = int(inv["window_end"]) - now_ms()
     if left <= 5000:
         return
-    caller = await _peer_card(deps, inv["from"])
-    from server.calls import store
-    from server.media.urls import media_url
-
-    u = (await store.users_by_id(deps.db, [inv["from"]])).get(inv["from"])
-    if u is not None:
-        caller["videoUrl"] = media_url(deps, u["video_key"])
-    await emit.to_sid(deps, sid, "call:notify", {"inviteId": invite_id, "fromUser": caller,
+    await emit.to_sid(deps, sid, "call:notify", {"inviteId": invite_id, "fromUser": await _card(deps, inv["from"]),
                                                  "requestedSeconds": int(inv["s1"]), "ttlMs": left,
                                                  "expiresAt": int(inv["window_end"])})
 

@@ -6,8 +6,7 @@ from typing import Any
 
 from server.calls import invites, rooms
 from server.deps import Deps
-from server.emit import Sender
-from server.events import ID, SDP_MAX_BYTES, obj, on
+from server.events import ID, SDP_MAX_BYTES, Sender, obj, on
 
 SECONDS: dict[str, Any] = {}  # any JSON value: numbers are clamped, anything else is invalid_duration
 SDP = {"type": "string", "maxLength": 100 * 1024}

@@ -10,13 +10,12 @@ from typing import Any
 import structlog
 
 from server import emit, ratelimit
-from server.accounts.profile import has_access
+from server.accounts.profile import card, has_access
 from server.accounts.sessions import BANNED_STATUSES
 from server.calls import cooldowns, state, store
 from server.calls.policy import DECLINE_AS_TIMEOUT_MS, clamp_seconds
 from server.deps import Deps
-from server.emit import Sender
-from server.media.urls import media_url
+from server.events import Sender
 from server.timers import now_ms
 
 log = structlog.get_logger(__name__)
@@ -27,11 +26,6 @@ def _uuid_or_none(value: str) -> str | None:
         return str(uuid.UUID(value))
     except ValueError:
         return None
-
-
-def _peer(deps: Deps, user: Any) -> dict[str, Any]:
-    return {"userId": str(user["id"]), "name": user["name"], "gender": user["gender"],
-            "selfieUrl": media_url(deps, user["selfie_key"]), "videoUrl": media_url(deps, user["video_key"])}
 
 
 def _reason_for(caps: str, reason: str) -> str:
@@ -90,7 +84,7 @@ async def invite(deps: Deps, sender: Sender, to_user: str, requested: Any) -> No
         return await reject(status)  # offline | busy | cooldown
     caller = users[me]
     await emit.to_user(deps, str(target["id"]), "call:notify", {
-        "inviteId": invite_id, "fromUser": _peer(deps, caller), "requestedSeconds": seconds,
+        "inviteId": invite_id, "fromUser": card(deps, caller), "requestedSeconds": seconds,
         "ttlMs": s.invite_ttl_ms, "expiresAt": window_end,
     })
     await emit.to_sid(deps, sender.sid, "call:invite-sent",

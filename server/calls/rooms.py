@@ -23,7 +23,7 @@ from server.calls.policy import (
     QR_SESSIONS_TO_UNLOCK,
 )
 from server.deps import Deps
-from server.emit import Sender
+from server.events import Sender
 from server.media.urls import media_url
 
 log = structlog.get_logger(__name__)

@@ -205,11 +205,6 @@ async def cooldown_left_ms(r: aioredis.Redis, me: str, others: list[str]) -> dic
     return {o: int(t) for o, t in zip(others, ttls, strict=True) if int(t) > 0}
 
 
-async def set_cooldown(r: aioredis.Redis, a: str, b: str, ms: int) -> None:
-    a, b = (a, b) if a < b else (b, a)
-    if ms > 0:
-        await r.set(f"cd:{a}:{b}", "1", px=ms)
-
 # ---------------------------------------------------------------- rooms
 
 _MEMBER = """
@@ -359,10 +354,6 @@ async def get_room(r: aioredis.Redis, room_id: str) -> dict[str, str]:
 
 async def transcript(r: aioredis.Redis, room_id: str) -> list[dict[str, Any]]:
     return [json.loads(m) for m in await r.lrange(f"room:{room_id}:chat", 0, -1)]
-
-
-async def has_joined(r: aioredis.Redis, room_id: str, uid: str) -> bool:
-    return bool(await r.sismember(f"room:{room_id}:joined", uid))
 
 
 async def user_room(r: aioredis.Redis, uid: str) -> str | None:

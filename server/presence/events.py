@@ -10,8 +10,7 @@ from server.accounts.sessions import BANNED_STATUSES
 from server.calls import store
 from server.calls.departures import cut_user
 from server.deps import Deps
-from server.emit import Sender
-from server.events import on
+from server.events import Sender, on
 from server.presence import state
 
 PRESENCE_DEBOUNCE_MS = 2000

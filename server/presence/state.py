@@ -8,7 +8,6 @@ available (set of uids in the deck).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -137,14 +136,6 @@ async def is_available(redis: aioredis.Redis, user_id: str) -> bool:
     return bool(await redis.sismember("available", user_id))
 
 
-async def online_map(redis: aioredis.Redis, user_ids: Iterable[str]) -> dict[str, bool]:
-    ids = list(user_ids)
-    if not ids:
-        return {}
-    found = await redis.smismember("online", ids)
-    return {uid: bool(n) for uid, n in zip(ids, found, strict=True)}
-
-
 async def available_users(redis: aioredis.Redis) -> set[str]:
     return {str(u) for u in await redis.smembers("available")}
 
@@ -173,8 +164,3 @@ async def dead_nodes(redis: aioredis.Redis, stale_before_ms: int) -> list[str]:
 
 async def reap_node(redis: aioredis.Redis, node: str, stale_before_ms: int) -> list[str]:
     return list(await _REAP_NODE(redis, [], [node, stale_before_ms]))
-
-
-async def forget_node(redis: aioredis.Redis, node: str) -> list[str]:
-    """On a clean shutdown: the node's sockets are gone; return them for departure handling."""
-    return await reap_node(redis, node, 1 << 62)

@@ -2,7 +2,6 @@
 and invalidated sessions cutting live sockets (D11, D12, D30), abuse limits."""
 
 import asyncio
-import json
 
 import pytest
 import socketio
@@ -207,7 +206,7 @@ async def test_event_flood_is_rate_limited_per_socket(client, db, sockets):
     assert all(e["code"] != "RATE_LIMITED" for e in pb.all("call:error"))
 
 
-async def test_invites_per_minute_are_limited(client, db, sockets, base_settings, aiohttp_client):
+async def test_invites_per_minute_are_limited(client, db, sockets):
     a = await make_user(client, db, "A")
     pa = await sockets(a)
     target = await make_user(client, db, "Gone")
@@ -231,11 +230,21 @@ async def test_second_tab_of_callee_sees_the_pending_invite(client, db, sockets)
 
 
 async def test_history_requires_auth_and_lists_newest_first(client, db):
-    a = await make_user(client, db)
+    a = await make_user(client, db, "A")
+    b = await make_user(client, db, "B")
     assert (await client.get("/room/history")).status == 401
-    body = await (await client.get("/room/history", headers=auth(a["sessionToken"]))).json()
-    assert body == {"history": []}
-    json.dumps(body)
+    assert await (await client.get("/room/history", headers=auth(a["sessionToken"]))).json() == {"history": []}
+    for minutes_ago, partner_name in ((30, "older"), (5, "newer")):
+        await db.execute(
+            """INSERT INTO call_history (session_id, user_id, room_id, partner_id, partner_name, started_at,
+                   ended_at, duration_seconds, agreed_seconds, end_reason, messages)
+               VALUES (gen_random_uuid(), $1, gen_random_uuid(), $2, $3, now() - make_interval(mins => $4),
+                       now() - make_interval(mins => $4) + interval '40 seconds', 40, 60, 'ended', '[]')""",
+            a["userId"], b["userId"], partner_name, minutes_ago)
+    hist = (await (await client.get("/room/history", headers=auth(a["sessionToken"]))).json())["history"]
+    assert [h["partnerName"] for h in hist] == ["newer", "older"]
+    assert hist[0]["partnerId"] == b["userId"] and hist[0]["duration"] == 40 and hist[0]["messages"] == []
+    assert hist[0]["startedAt"] > hist[1]["startedAt"]
 
 
 async def test_handshake_from_a_foreign_origin_is_refused(client, db):
