@@ -8,18 +8,13 @@ from typing import Any
 import asyncpg
 
 from server.accounts import store
+from server.accounts.access import has_access
 from server.deps import Deps
 from server.media.urls import media_url
-
-ACCESS_STATUSES = ("paid", "qr_verified", "qr_grace_period")
 
 
 def ms(ts: datetime | None) -> int | None:
     return None if ts is None else int(ts.timestamp() * 1000)
-
-
-def has_access(deps: Deps, paid_status: str) -> bool:
-    return paid_status in ACCESS_STATUSES or not deps.settings.require_payment
 
 
 def card(deps: Deps, user: asyncpg.Record) -> dict[str, Any]:

@@ -12,7 +12,8 @@ import structlog
 
 from server import ratelimit
 from server.accounts import passwords, store
-from server.accounts.profile import card, has_access
+from server.accounts.access import has_access
+from server.accounts.profile import card
 from server.accounts.sessions import BANNED_STATUSES, Principal, start_session
 from server.deps import Deps
 from server.errors import ApiError, bad_request, rate_limited

@@ -10,7 +10,8 @@ from typing import Any
 import structlog
 
 from server import emit, ratelimit
-from server.accounts.profile import card, has_access
+from server.accounts.access import has_access
+from server.accounts.profile import card
 from server.accounts.sessions import BANNED_STATUSES
 from server.calls import cooldowns, state, store
 from server.calls.policy import DECLINE_AS_TIMEOUT_MS, clamp_seconds

@@ -6,7 +6,8 @@ import time
 
 from aiohttp import web
 
-from server.accounts.profile import card, has_access, ms
+from server.accounts.access import has_access
+from server.accounts.profile import card, ms
 from server.accounts.sessions import BANNED_STATUSES, require_user
 from server.calls import state, store
 from server.deps import deps_of

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from server import emit
-from server.accounts.profile import has_access
+from server.accounts.access import has_access
 from server.accounts.sessions import BANNED_STATUSES
 from server.calls import store
 from server.calls.departures import cut_user

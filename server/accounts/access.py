@@ -1,0 +1,25 @@
+"""The one access rule (PROTOCOL §2.7, §6 D11) and the signal that a user's access changed.
+
+Domains that change what a user may do (a payment granted or refunded, a code redeemed, a QR unlock,
+a role change, a ban or an unban) call `changed()` after their transaction commits. Whatever caches
+access for live sockets (the realtime core) invalidates it there; HTTP routes read the database.
+"""
+
+from __future__ import annotations
+
+from server.deps import Deps
+
+ACCESS_STATUSES = ("paid", "qr_verified", "qr_grace_period")
+
+
+def has_access(deps: Deps, paid_status: str) -> bool:
+    """May this user queue, invite and accept? Paid, QR-verified or in the QR grace period; everyone
+    when the paywall is off (REQUIRE_PAYMENT=false)."""
+    return paid_status in ACCESS_STATUSES or not deps.settings.require_payment
+
+
+async def changed(deps: Deps, user_id: str, reason: str) -> None:
+    """Called after a committed change of user_id's paid status, role or ban. Nothing caches access
+    yet (every realtime check reads Postgres), so there is nothing to invalidate; the realtime core
+    hooks its per-socket cache invalidation in here."""
+    del deps, user_id, reason
