@@ -22,6 +22,7 @@ from server.middleware import cors_middleware, request_context
 from server.ops.routes import routes as ops_routes
 from server.presence.routes import routes as presence_routes
 from server.redis import create_redis
+from server.referrals.routes import routes as referral_routes
 from server.settings import Settings
 
 FRONTEND = Path(__file__).resolve().parent.parent / "frontend-stub"
@@ -73,6 +74,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(presence_routes)
     app.add_routes(ice_routes)
     app.add_routes(media_routes)
+    app.add_routes(referral_routes)
     realtime.attach(app, settings)
     app.router.add_get("/", _index)
     app.router.add_static("/static/", FRONTEND, follow_symlinks=False)

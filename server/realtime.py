@@ -25,6 +25,7 @@ from server.events import EVENTS, EventSpec, Sender, obj
 from server.httpio import validate
 from server.presence import events as _presence_events  # noqa: F401  (registers handlers)
 from server.presence import state as presence
+from server.referrals import notifications as referral_notifications
 from server.settings import Settings
 from server.timers import Sweeper, now_ms
 
@@ -155,6 +156,7 @@ class Realtime:
             return
         structlog.contextvars.bind_contextvars(user_id=uid)
         await emit.to_sid(self.deps, sid, "auth:success", {"userId": uid, "serverNow": now_ms()})
+        await referral_notifications.deliver_unread(self.deps, sid, uid)  # once per connection (D26)
         if arrival.first_socket:
             await emit.to_queue(self.deps, "presence:update", {"userId": uid, "online": True, "available": False})
         await self._resume(sender, arrival)

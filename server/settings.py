@@ -93,6 +93,17 @@ class Settings:
     socket_events_per_second: int = 40  # token bucket per socket (ICE trickle bursts fit)
     socket_event_burst: int = 120
 
+    # Referrals and the account lifecycle (issue 13; README "Introductions", "Account lifecycle")
+    referral_code_ttl_days: int = 30  # a code lives this long after it was last generated
+    referral_generate_per_hour: int = 60  # per user
+    referral_lookups_per_minute: int = 30  # per IP for /referral/info, per user for direct-match
+    session_refresh_minutes: int = 60  # sliding refresh: an active session is extended at most this often
+    session_max_days: int = 90  # login/link sessions end this long after sign-in however active (not guests)
+    account_fresh_session_minutes: int = 10  # DELETE /user/me without a password needs a session this young
+    account_deletion_retry_seconds: float = 30.0  # how often each node resumes unfinished deletions
+    export_media_url_ttl_seconds: int = 600  # the export's links to the user's media
+    exports_per_hour: int = 10  # per user
+
     # Ops
     log_format: str = "console"  # "json" in production
     log_level: str = "INFO"
