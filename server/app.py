@@ -19,6 +19,9 @@ from server.errors import error_middleware
 from server.ice.routes import routes as ice_routes
 from server.media.routes import routes as media_routes
 from server.middleware import cors_middleware, request_context
+from server.ops import node as ops_node
+from server.ops.drain import refuse_new_sockets
+from server.ops.metrics import http_metrics
 from server.ops.routes import routes as ops_routes
 from server.presence.routes import routes as presence_routes
 from server.redis import create_redis
@@ -64,10 +67,12 @@ async def _index(_request: web.Request) -> web.FileResponse:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=JSON_BODY_LIMIT,
-        middlewares=[request_context, cors_middleware(settings.origins), error_middleware],
+        middlewares=[http_metrics, request_context, cors_middleware(settings.origins), error_middleware,
+                     refuse_new_sockets],
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)
+    ops_node.setup(app)
     app.add_routes(ops_routes)
     app.add_routes(account_routes)
     app.add_routes(call_routes)

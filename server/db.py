@@ -14,6 +14,8 @@ from pathlib import Path
 import asyncpg
 import structlog
 
+from server.ops.metrics import observe_pg
+
 log = structlog.get_logger(__name__)
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schema"
@@ -43,8 +45,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _init_pool_connection(conn: asyncpg.Connection) -> None:
+    await _init_connection(conn)
+    conn.add_query_logger(observe_pg)  # statement latency for /metrics
+
+
 async def create_pool(dsn: str, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_pool_connection)
     assert pool is not None
     return pool
 

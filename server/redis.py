@@ -7,14 +7,32 @@ scripts next to the code that calls them with `Script("...lua source...")`.
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from server.ops.metrics import REDIS_LATENCY
+
+
+class InstrumentedRedis(aioredis.Redis):
+    """Times every command for /metrics (pipelines are not used on hot paths)."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await super().execute_command(*args, **options)
+            outcome = "ok"
+            return result
+        finally:
+            command = str(args[0]).upper() if args else "?"
+            REDIS_LATENCY.labels(command, outcome).observe(time.perf_counter() - started)
+
 
 def create_redis(url: str) -> aioredis.Redis:
-    return aioredis.from_url(url, decode_responses=True, health_check_interval=30)
+    return InstrumentedRedis.from_url(url, decode_responses=True, health_check_interval=30)
 
 
 class Script:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -107,7 +108,16 @@ class Settings:
     # Ops
     log_format: str = "console"  # "json" in production
     log_level: str = "INFO"
-    node_id: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+    # Unique per process start (in containers the pid is always 1 and a restarted pod keeps its name).
+    node_id: str = field(default_factory=lambda: f"{os.uname().nodename}-{uuid.uuid4().hex[:8]}")
+
+    # Ops (issue 14): metrics and graceful drain
+    metrics_port: int = 0  # a separate listener for /metrics (0 = none); never route it publicly
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so the scraper reaches it
+    metrics_token: str = ""  # if set, /metrics on the main port too, with Authorization: Bearer <token>
+    drain_delay_seconds: float = 3.0  # after SIGTERM: /ready 503, new sockets refused, then hand over
+    drain_batch_size: int = 200  # sockets closed per batch (they reconnect to other nodes)
+    drain_batch_interval_seconds: float = 0.5
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -8,7 +8,10 @@ import time
 from aiohttp import web
 
 from server.db import pending_migrations
-from server.deps import deps_of
+from server.deps import SETTINGS, deps_of
+from server.ops import metrics
+from server.ops.drain import draining
+from server.ops.node import pubsub_probe
 
 routes = web.RouteTableDef()
 
@@ -21,7 +24,8 @@ async def health(_request: web.Request) -> web.Response:
 
 @routes.get("/ready")
 async def ready(request: web.Request) -> web.Response:
-    """Readiness: Postgres and Redis reachable and the schema current."""
+    """Readiness: Postgres and Redis reachable, the schema current, the cross-node pub/sub listener
+    delivering, and the node not draining."""
     deps = deps_of(request)
     checks: dict[str, str] = {}
     try:
@@ -38,6 +42,18 @@ async def ready(request: web.Request) -> web.Response:
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = f"error: {type(exc).__name__}"
+    try:
+        checks["pubsub"] = await pubsub_probe(deps)
+    except Exception as exc:
+        checks["pubsub"] = f"error: {type(exc).__name__}"
+    if draining(request.app):
+        checks["drain"] = "draining"
     ok = all(v == "ok" for v in checks.values())
     return web.json_response({"status": "ready" if ok else "not_ready", "checks": checks},
                              status=200 if ok else 503)
+
+
+@routes.get("/metrics")
+async def metrics_on_main_port(request: web.Request) -> web.Response:
+    """Prometheus scrape on the public port only with METRICS_TOKEN (prefer METRICS_PORT, never routed)."""
+    return await metrics.protected(request, request.app[SETTINGS].metrics_token)

@@ -9,4 +9,5 @@ async def test_ready_checks_postgres_redis_and_migrations(client):
     resp = await client.get("/ready")
     assert resp.status == 200
     assert await resp.json() == {"status": "ready",
-                                 "checks": {"postgres": "ok", "migrations": "ok", "redis": "ok"}}
+                                 "checks": {"postgres": "ok", "migrations": "ok", "redis": "ok",
+                                                         "pubsub": "ok"}}

@@ -48,6 +48,7 @@ BASE_ENV = {
     "LOG_LEVEL": "WARNING",
     "LOG_FORMAT": "json",
     "GUEST_SIGNUPS_PER_IP_PER_HOUR": "100000",
+    "DRAIN_DELAY_SECONDS": "0.2",  # SIGTERM drains first (server/ops/drain.py); no balancer to wait for here
 }
 INVITE_TTL_S = 2.0
 INVITE_GRACE_S = 0.5
