@@ -7,7 +7,7 @@ mode="${1:-run}"
 PYTHON="${PYTHON:-python3}"
 
 apt_pkgs=(postgresql redis-server coturn)
-if [ "$mode" = test ]; then apt_pkgs+=(chromium); fi
+if [ "$mode" = test ]; then apt_pkgs+=(chromium zbar-tools); fi  # zbarimg decodes QR PNGs in tests
 command -v node >/dev/null 2>&1 || apt_pkgs+=(nodejs npm)
 
 missing=()

@@ -148,6 +148,32 @@ def cmd_user(settings: Settings, action: str, ref: str, role: str | None) -> int
     return 0
 
 
+def cmd_codes(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from server.accounts import operators
+    from server.db import _init_connection
+
+    async def _run() -> str:
+        conn = await asyncpg.connect(settings.database_url)
+        await _init_connection(conn)
+        try:
+            if args.action == "create":
+                return await operators.create_code(conn, args.label, args.uses)
+            if args.action == "deactivate":
+                return await operators.deactivate_code(conn, args.code)
+            return await operators.list_codes(conn)
+        finally:
+            await conn.close()
+
+    try:
+        print(asyncio.run(_run()))
+    except operators.OperatorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -165,6 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     role = user_sub.add_parser("set-role", help="make a user a moderator or admin (or back)")
     role.add_argument("ref", metavar="userId|email")
     role.add_argument("role", choices=["user", "moderator", "admin"])
+    codes = sub.add_parser("codes", help="invite codes (audit-logged)")
+    codes_sub = codes.add_subparsers(dest="action", required=True)
+    create = codes_sub.add_parser("create", help="a new code: unlimited (admin), or --uses N")
+    create.add_argument("--label", required=True, help="shown as createdBy")
+    create.add_argument("--uses", type=int, help="limited number of uses (default: unlimited)")
+    codes_sub.add_parser("list", help="every code with its uses")
+    deactivate = codes_sub.add_parser("deactivate", help="stop a code from being redeemed")
+    deactivate.add_argument("code")
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
@@ -176,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd_run(settings)
     elif args.cmd == "stack":
         cmd_stack(settings, args.action)
+    elif args.cmd == "codes":
+        return cmd_codes(settings, args)
     elif args.cmd == "user":
         return cmd_user(settings, args.action, args.ref, getattr(args, "role", None))
     return 0

@@ -23,6 +23,7 @@ from server.ops import node as ops_node
 from server.ops.drain import refuse_new_sockets
 from server.ops.metrics import http_metrics
 from server.ops.routes import routes as ops_routes
+from server.payments import routes as payments
 from server.presence.routes import routes as presence_routes
 from server.redis import create_redis
 from server.referrals.routes import routes as referral_routes
@@ -73,6 +74,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)
     ops_node.setup(app)
+    app.cleanup_ctx.append(payments.lifetime)
     app.add_routes(ops_routes)
     app.add_routes(account_routes)
     app.add_routes(call_routes)
@@ -80,7 +82,10 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(ice_routes)
     app.add_routes(media_routes)
     app.add_routes(referral_routes)
+    app.add_routes(payments.routes)
     realtime.attach(app, settings)
     app.router.add_get("/", _index)
+    app.router.add_get("/payment-success", _index)  # back from Checkout (the original client's route)
+    app.router.add_get("/onboarding", _index)  # where invite QR codes point
     app.router.add_static("/static/", FRONTEND, follow_symlinks=False)
     return app

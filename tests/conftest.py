@@ -42,6 +42,20 @@ def stack() -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
+def stripe_emulator() -> Iterator[Any]:
+    """The local Stripe (server/payments/emulator.py) in its own process, once per session, for the tests
+    that ask for it (see tests/stripe_control.py)."""
+    from server.payments.emulator import EmulatorProcess
+
+    em = EmulatorProcess(free_port(), "sk_test_emulator", "whsec_test_emulator", [],
+                         ARTIFACTS / "stripe-emulator.log").start()
+    try:
+        yield em
+    finally:
+        em.stop()
+
+
+@pytest.fixture(scope="session")
 def base_settings(stack: Stack) -> Settings:
     return Settings.from_env(
         stack.env(),

@@ -23,3 +23,13 @@ async def changed(deps: Deps, user_id: str, reason: str) -> None:
     yet (every realtime check reads Postgres), so there is nothing to invalidate; the realtime core
     hooks its per-socket cache invalidation in here."""
     del deps, user_id, reason
+
+
+def reported_status(deps: Deps, paid_status: str) -> str:
+    """`paidStatus` as told to clients. The stored status stays the truth (an unpaid user stays `unpaid`
+    in the database), but with the paywall off an unpaid user is reported as `qr_grace_period`: access
+    that is provisional and not paid for, which every client treats as "may enter" (README, "Payments
+    and access"). Responses carry `paywall` and `accountPaidStatus` beside it for clients that care."""
+    if paid_status in ACCESS_STATUSES or deps.settings.require_payment:
+        return paid_status
+    return "qr_grace_period"

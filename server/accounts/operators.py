@@ -54,3 +54,38 @@ async def set_role(conn: asyncpg.Connection, ref: str, role: str) -> str:
         await conn.execute("UPDATE users SET role = $2, updated_at = now() WHERE id = $1", user["id"], role)
         await _audit(conn, "set_role", user["id"], {"previous": user["role"], "role": role})
     return f"{user['id']} ({user['name']}) role: {user['role']} -> {role}"
+
+
+# ---- invite codes (`python -m server codes ...`); the logic is the payments domain's ----
+
+async def create_code(conn: asyncpg.Connection, label: str, uses: int | None) -> str:
+    from server.payments import service
+
+    if uses is not None and uses < 1:
+        raise OperatorError("--uses must be at least 1")
+    code = await service.create_code(conn, "cli", label, uses)
+    kind = f"{uses} use{'s' if uses != 1 else ''}" if uses else "unlimited (admin)"
+    return f"{code}  {kind}  /payment/qr/{code}"
+
+
+async def list_codes(conn: asyncpg.Connection) -> str:
+    from server.payments import store
+
+    rows = await store.list_codes(conn)
+    lines = [f"{'code':<16}  {'type':<5}  {'uses left':>9}  {'used':>4}  {'active':<6}  created by"]
+    for r in rows:
+        left = "unlimited" if r["type"] == "admin" else f"{r['uses_remaining']}/{r['max_uses']}"
+        lines.append(f"{r['code']:<16}  {r['type']:<5}  {left:>9}  {r['total_used']:>4}  "
+                     f"{'yes' if r['is_active'] else 'no':<6}  {r['created_by_label']}")
+    return "\n".join(lines) if rows else "no invite codes"
+
+
+async def deactivate_code(conn: asyncpg.Connection, code: str) -> str:
+    from server.errors import ApiError
+    from server.payments import service
+
+    try:
+        was_active = await service.deactivate(conn, "cli", code)
+    except ApiError:
+        raise OperatorError(f"no invite code {code!r}") from None
+    return f"deactivated {code.strip().upper()}" if was_active else f"{code.strip().upper()} was already inactive"

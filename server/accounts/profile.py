@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 
 from server.accounts import store
-from server.accounts.access import has_access
+from server.accounts.access import has_access, reported_status
 from server.deps import Deps
 from server.media.urls import media_url
 
@@ -59,7 +59,8 @@ async def me(deps: Deps, user: asyncpg.Record) -> dict[str, Any]:
             for r in recent
         ],
         "streakDays": streak_days(days),
-        "paidStatus": user["paid_status"],
+        "paidStatus": reported_status(deps, user["paid_status"]),
+        "accountPaidStatus": user["paid_status"],
         "hasAccess": has_access(deps, user["paid_status"]),
         "qrUnlocked": user["qr_unlocked_at"] is not None,
         "successfulSessions": user["successful_sessions"],

@@ -12,7 +12,7 @@ import structlog
 
 from server import ratelimit
 from server.accounts import passwords, store
-from server.accounts.access import has_access
+from server.accounts.access import has_access, reported_status
 from server.accounts.profile import card
 from server.accounts.sessions import BANNED_STATUSES, Principal, start_session
 from server.deps import Deps
@@ -42,13 +42,14 @@ async def _limit(deps: Deps, key: str, limit: int, window_s: int, message: str, 
 async def guest_signup(deps: Deps, client: Client, name: str, gender: str,
                        referral_code: str | None, invite_code: str | None, is_bot: bool = False) -> dict[str, Any]:
     s = deps.settings
+    attempts_left = None
     if invite_code is not None:
+        # Every code-accepting route shares validate-code's per-IP budget (§6 D8).
+        attempts_left = await codes.take_attempt(deps, client.ip)
         invite_code = codes.normalize(invite_code)
         if not codes.CODE_RE.match(invite_code):
-            raise bad_request("Invalid invite code format", code="invalid_code_format")
-        # Every code-accepting route shares validate-code's per-IP budget (§6 D8).
-        await _limit(deps, f"codes:ip:{client.ip}", s.code_attempts_per_ip_per_hour, 3600,
-                     "Too many attempts", "code_rate_limited")
+            raise bad_request("Invalid invite code format", code="invalid_code_format",
+                              attemptsRemaining=attempts_left)
     await _limit(deps, f"signup:ip:{client.ip}", s.guest_signups_per_ip_per_hour, 3600,
                  "Too many signups from this network", "signup_rate_limited")
 
@@ -60,7 +61,11 @@ async def guest_signup(deps: Deps, client: Client, name: str, gender: str,
             ref["code"] if ref else None, is_bot=is_bot,
         )
         if invite_code:
-            await codes.redeem(conn, invite_code, user["id"])  # raises -> the whole signup rolls back
+            try:  # raises -> the whole signup rolls back; no own code yet (minted at the QR unlock, D20)
+                await codes.redeem(conn, invite_code, user["id"])
+            except ApiError as exc:
+                exc.extra["attemptsRemaining"] = attempts_left
+                raise
             user = await store.get_user(conn, user["id"])
         token, _, _ = await start_session(conn, user["id"], "guest", s.guest_session_days, client.ip,
                                           client.user_agent)
@@ -71,7 +76,9 @@ async def guest_signup(deps: Deps, client: Client, name: str, gender: str,
         "userId": str(user["id"]),
         "sessionToken": token,
         "accountType": "guest",
-        "paidStatus": user["paid_status"],
+        "paidStatus": reported_status(deps, user["paid_status"]),
+        "accountPaidStatus": user["paid_status"],
+        "paywall": s.require_payment,
         "requiresPayment": not has_access(deps, user["paid_status"]),
         "inviteCodeUsed": bool(invite_code),
         "wasReferred": ref is not None,
@@ -147,6 +154,7 @@ async def login(deps: Deps, client: Client, email: str,
         "userId": str(user["id"]),
         "sessionToken": token,
         "accountType": user["account_type"],
+        "paidStatus": reported_status(deps, user["paid_status"]),
         "sessionInvalidated": bool(revoked),
         "invalidatedCount": len(revoked),
         "user": {**card(deps, user), "email": user["email"]},

@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 
 from server import emit, timers
+from server.accounts import access
 from server.calls import cooldowns, state, store
 from server.calls.policy import (
     CONNECTED_ALLOWANCE_MS,
@@ -221,6 +222,7 @@ async def announce_metrics(deps: Deps, user_ids: tuple[str, str], unlocked: list
                 "timerTotalSeconds": m["timer_total_seconds"], "sessionCount": m["session_count"],
                 "successfulSessions": m["successful_sessions"]})
     for uid in unlocked:
+        await access.changed(deps, uid, "qr_unlocked")
         await emit.to_user(deps, uid, "qr:unlocked", {"message": "You unlocked your own invite code!",
                                                      "sessionsCompleted": QR_SESSIONS_TO_UNLOCK})
 

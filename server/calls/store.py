@@ -8,6 +8,8 @@ from uuid import UUID
 
 import asyncpg
 
+from server.payments import codes
+
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 
@@ -89,10 +91,12 @@ async def record_call(conn: asyncpg.Connection, session_id: UUID, room_id: UUID,
             done = await conn.fetchval(
                 """UPDATE users SET qr_unlocked_at = now(),
                        paid_status = CASE WHEN paid_status = 'qr_grace_period' THEN 'qr_verified' ELSE paid_status END
-                   WHERE id = $1 AND qr_unlocked_at IS NULL RETURNING 1""",
+                   WHERE id = $1 AND qr_unlocked_at IS NULL RETURNING paid_status""",
                 p["user_id"],
             )
             if done:
+                if done in ("qr_verified", "paid"):  # the user's own invite code, minted once (§6 D20)
+                    await codes.mint_own(conn, p["user_id"])
                 unlocked.append(str(p["user_id"]))
     return unlocked
 
