@@ -19,6 +19,10 @@ from server.errors import error_middleware
 from server.ice.routes import routes as ice_routes
 from server.media.routes import routes as media_routes
 from server.middleware import cors_middleware, request_context
+from server.moderation import page as moderator_page
+from server.moderation import service as moderation
+from server.moderation.ipbans import ip_ban_middleware
+from server.moderation.routes import routes as moderation_routes
 from server.ops import node as ops_node
 from server.ops.drain import refuse_new_sockets
 from server.ops.metrics import http_metrics
@@ -68,11 +72,12 @@ async def _index(_request: web.Request) -> web.FileResponse:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=JSON_BODY_LIMIT,
-        middlewares=[http_metrics, request_context, cors_middleware(settings.origins), error_middleware,
-                     refuse_new_sockets],
+        middlewares=[http_metrics, request_context, cors_middleware(settings.origins), ip_ban_middleware,
+                     error_middleware, refuse_new_sockets],
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(moderation.background)
     ops_node.setup(app)
     app.cleanup_ctx.append(payments.lifetime)
     app.add_routes(ops_routes)
@@ -83,6 +88,9 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(media_routes)
     app.add_routes(referral_routes)
     app.add_routes(payments.routes)
+    app.add_routes(moderation_routes)
+    app.on_response_prepare.append(moderator_page.security_headers)
+    app.router.add_get("/moderator", moderator_page.moderator_page)
     realtime.attach(app, settings)
     app.router.add_get("/", _index)
     app.router.add_get("/payment-success", _index)  # back from Checkout (the original client's route)

@@ -111,6 +111,18 @@ class Settings:
     export_media_url_ttl_seconds: int = 600  # the export's links to the user's media
     exports_per_hour: int = 10  # per user
 
+    # Moderation (issue 9)
+    auto_ban_reports: int = 4  # distinct reporters who shared a room with the user (§5)
+    reports_per_ip_per_hour: int = 50
+    admin_session_seconds: int = 24 * 3600
+    admin_login_max_failures_per_ip: int = 6
+    admin_login_max_failures_per_account: int = 10
+    admin_login_failure_delay_seconds: float = 1.0  # the original's deliberate delay on a failed login
+    require_moderator_totp: bool = False  # true: moderators must enrol TOTP (python -m server user totp-enroll)
+    totp_issuer: str = "Napalm Sky"
+    ban_sweep_seconds: float = 10.0  # how often a node lifts timed bans that ran out
+    ip_ban_cache_seconds: float = 2.0  # how long a node trusts its copy of the IP ban list
+
     # Ops
     log_format: str = "console"  # "json" in production
     log_level: str = "INFO"

@@ -65,6 +65,8 @@ async def invite(deps: Deps, sender: Sender, to_user: str, requested: Any) -> No
         return await reject("invalid_duration")
     if target["ban_status"] in BANNED_STATUSES or not has_access(deps, target["paid_status"]):
         return await reject("offline")
+    if await store.reported_between(deps.db, me, str(target["id"])):
+        return await reject("offline")  # a report blocks the pair both ways, by id too (§6 D16)
     window = await ratelimit.hit(deps.redis, f"invites:{me}", 60)
     if window.count > deps.settings.invites_per_minute:
         return await emit.call_error(deps, sender.sid, "RATE_LIMITED", "Too many invites, slow down",

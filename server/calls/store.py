@@ -36,6 +36,13 @@ async def blocked_ids(conn: Conn, user_id: UUID) -> tuple[set[str], set[str]]:
     return mine, theirs
 
 
+async def reported_between(conn: Conn, a: str, b: str) -> bool:
+    """Has either of the two reported the other? Then they cannot invite each other (§6 D16)."""
+    return bool(await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM reports WHERE (reporter_id = $1 AND reported_id = $2)
+                                                 OR (reporter_id = $2 AND reported_id = $1))""", a, b))
+
+
 async def history(conn: Conn, user_id: UUID, limit: int = 100) -> list[asyncpg.Record]:
     return await conn.fetch(
         """SELECT session_id, room_id, partner_id, partner_name, started_at, duration_seconds, messages, end_reason
