@@ -75,7 +75,7 @@ async def test_four_reporters_on_two_nodes_at_once_make_one_ban(users, peers, n1
 
 async def test_ban_mid_call_cuts_every_node_within_a_second_and_finalises_the_partner(users, peers, n1, n2, db,
                                                                                       http):
-    mod, admin_token = await _moderator(http, db, n1, users)
+    _mod, admin_token = await _moderator(http, db, n1, users)
     partner, bad = await users.make(n1, "Partner"), await users.make(n2, "Bad", gender="male")
     pp = await peers(n1, partner, "partner@n1")
     pb = await peers(n2, bad, "bad@n2")
@@ -138,7 +138,7 @@ async def test_ban_to_disconnect_latency_across_nodes(users, peers, n1, n2, db, 
         latencies.append(max(stamps.values()) - t0)
     latencies.sort()
     p50 = statistics.median(latencies)
-    p99 = latencies[min(len(latencies) - 1, int(round(0.99 * len(latencies))) - 1)]
+    p99 = latencies[min(len(latencies) - 1, round(0.99 * len(latencies)) - 1)]
     print(f"\nban-to-disconnect across two nodes, {len(latencies)} bans: p50 {p50 * 1000:.0f} ms, "
           f"p99 {p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms")
     assert latencies[-1] < 1.0
