@@ -136,6 +136,12 @@ def cmd_user(settings: Settings, action: str, ref: str, role: str | None) -> int
         try:
             if action == "grant-access":
                 return await operators.grant_access(conn, ref)
+            if action in ("totp-enroll", "totp-remove"):
+                from server.moderation import cli
+
+                if action == "totp-remove":
+                    return await cli.totp_remove(conn, ref)
+                return await cli.totp_enroll(conn, ref, settings.totp_issuer)
             return await operators.set_role(conn, ref, role or "")
         finally:
             await conn.close()
@@ -191,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     role = user_sub.add_parser("set-role", help="make a user a moderator or admin (or back)")
     role.add_argument("ref", metavar="userId|email")
     role.add_argument("role", choices=["user", "moderator", "admin"])
+    enroll = user_sub.add_parser("totp-enroll", help="a moderator's TOTP second factor: prints the URI and a QR")
+    enroll.add_argument("ref", metavar="userId|email")
+    unenroll = user_sub.add_parser("totp-remove", help="remove a moderator's second factor (lost device)")
+    unenroll.add_argument("ref", metavar="userId|email")
     codes = sub.add_parser("codes", help="invite codes (audit-logged)")
     codes_sub = codes.add_subparsers(dest="action", required=True)
     create = codes_sub.add_parser("create", help="a new code: unlimited (admin), or --uses N")
