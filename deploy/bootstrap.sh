@@ -7,7 +7,9 @@ mode="${1:-run}"
 PYTHON="${PYTHON:-python3}"
 
 apt_pkgs=(postgresql redis-server coturn)
-if [ "$mode" = test ]; then apt_pkgs+=(chromium zbar-tools); fi  # zbarimg decodes QR PNGs in tests
+# zbarimg decodes QR PNGs in tests; haproxy is the sticky proxy the multi-node tests run
+# (deploy/haproxy/haproxy.cfg) and `haproxy -c` in tests/deploy.
+if [ "$mode" = test ]; then apt_pkgs+=(chromium zbar-tools haproxy); fi
 command -v node >/dev/null 2>&1 || apt_pkgs+=(nodejs npm)
 
 missing=()

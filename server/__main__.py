@@ -180,6 +180,30 @@ def cmd_codes(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ops(settings: Settings, args: argparse.Namespace) -> int:
+    """bucket / backup / restore (server/ops)."""
+    from server.ops import backup
+
+    try:
+        if args.cmd == "bucket":
+            from server.app import make_s3_client
+            from server.ops.bucket import configure
+
+            for line in configure(make_s3_client(settings), settings.s3_bucket, settings.s3_sse):
+                print(line)
+        elif args.cmd == "backup":
+            size = backup.backup(settings.database_url, Path(args.out))
+            print(f"backup written: {args.out} ({size} bytes)")
+        else:
+            backup.restore(settings.database_url, Path(args.src))
+            print(f"restored {args.src} into {settings.database_url.rpartition('@')[2]}; flush Redis before "
+                  "starting nodes (it is rebuilt from Postgres)")
+    except backup.BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -209,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     codes_sub.add_parser("list", help="every code with its uses")
     deactivate = codes_sub.add_parser("deactivate", help="stop a code from being redeemed")
     deactivate.add_argument("code")
+    sub.add_parser("bucket", help="create the media bucket with lifecycle rules, encryption, public access block")
+    bk = sub.add_parser("backup", help="consistent Postgres backup (pg_dump custom format)")
+    bk.add_argument("--out", required=True, metavar="FILE")
+    rs = sub.add_parser("restore", help="restore a backup into an EMPTY database (DATABASE_URL)")
+    rs.add_argument("--from", dest="src", required=True, metavar="FILE")
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
@@ -224,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_codes(settings, args)
     elif args.cmd == "user":
         return cmd_user(settings, args.action, args.ref, getattr(args, "role", None))
+    elif args.cmd in ("bucket", "backup", "restore"):
+        return cmd_ops(settings, args)
     return 0
 
 
