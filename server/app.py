@@ -11,6 +11,7 @@ from aiohttp import web
 from botocore.config import Config
 
 from server import realtime
+from server.accounts import deletion
 from server.accounts.routes import routes as account_routes
 from server.calls.routes import routes as call_routes
 from server.db import create_pool
@@ -80,6 +81,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(moderation.background)
     ops_node.setup(app)
     app.cleanup_ctx.append(payments.lifetime)
+    app.cleanup_ctx.append(deletion.background)  # finishes interrupted account deletions
     app.add_routes(ops_routes)
     app.add_routes(account_routes)
     app.add_routes(call_routes)

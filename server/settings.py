@@ -108,6 +108,7 @@ class Settings:
     session_max_days: int = 90  # login/link sessions end this long after sign-in however active (not guests)
     account_fresh_session_minutes: int = 10  # DELETE /user/me without a password needs a session this young
     account_deletion_retry_seconds: float = 30.0  # how often each node resumes unfinished deletions
+    account_deletion_lease_seconds: float = 120.0  # a node that dies mid-deletion delays the retry this long
     export_media_url_ttl_seconds: int = 600  # the export's links to the user's media
     exports_per_hour: int = 10  # per user
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.accounts import profile, service, store
+from server.accounts import deletion, export, profile, service, store
 from server.accounts.sessions import authenticate, require_user
 from server.calls import departures
 from server.deps import deps_of
@@ -138,3 +138,26 @@ async def put_me(request: web.Request) -> web.Response:
         raise not_found("User not found")
     return web.json_response({"success": True, "user": {"userId": str(row["id"]), "name": row["name"],
                                                         "socials": row["socials"]}})
+
+
+DELETE_SCHEMA = {"type": "object", "properties": {
+    "password": {"type": "string", "minLength": 1, "maxLength": 1024, "x-error": "password must be a string"}}}
+
+
+@routes.get("/user/me/export")
+async def export_me(request: web.Request) -> web.Response:
+    principal = await require_user(request, allow_banned=True)
+    body = await export.build(deps_of(request), principal)
+    return web.json_response(body, headers={
+        "Content-Disposition": f'attachment; filename="napalm-export-{principal.user_id}.json"',
+        "Cache-Control": "no-store"})
+
+
+@routes.delete("/user/me")
+async def delete_me(request: web.Request) -> web.Response:
+    # Banned users may delete too: what a ban must keep is kept (README "Account lifecycle").
+    principal = await require_user(request, allow_banned=True)
+    body = await read_json(request, DELETE_SCHEMA)
+    deps = deps_of(request)
+    result = await deletion.delete_account(deps, principal, body.get("password"), _client(request).ip)
+    return web.json_response(result)

@@ -11,7 +11,7 @@ import asyncpg
 import structlog
 
 from server import ratelimit
-from server.accounts import passwords, store
+from server.accounts import deletion, passwords, store
 from server.accounts.access import has_access, reported_status
 from server.accounts.profile import card
 from server.accounts.sessions import BANNED_STATUSES, Principal, start_session
@@ -93,6 +93,8 @@ async def link(deps: Deps, principal: Principal, email: str, password: str) -> d
     problem = passwords.policy_error(password)
     if problem:
         raise bad_request(problem, code="weak_password")
+    if await deletion.email_banned(deps, email):  # deleted while banned: no fresh start (README)
+        raise ApiError(403, "banned", "Account suspended", banned=True, message="This email cannot be used.")
     hashed = await passwords.hash_password(password, deps.settings.bcrypt_rounds)
     async with deps.db.acquire() as conn, conn.transaction():
         try:

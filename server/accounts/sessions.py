@@ -37,6 +37,7 @@ class Principal:
     paid_status: str
     ban_status: str
     expires_at: datetime
+    session_created_at: datetime | None = None
 
     @property
     def banned(self) -> bool:
@@ -63,11 +64,28 @@ async def authenticate(deps: Deps, token: str | None, *, allow_banned: bool = Fa
             raise ApiError(401, "session_invalidated", "Session invalidated", sessionInvalidated=True,
                            message="You signed in on another device.")
         raise unauthorized("Invalid or expired session")
+    expires_at = await _slide(deps, row)
     principal = Principal(row["user_id"], row["session_id"], row["account_type"], row["role"],
-                          row["paid_status"], row["ban_status"], row["expires_at"])
+                          row["paid_status"], row["ban_status"], expires_at, row["created_at"])
     if principal.banned and not allow_banned:
         raise suspended()
     return principal
+
+
+async def _slide(deps: Deps, row: asyncpg.Record) -> datetime:
+    """Sliding refresh (README "Account lifecycle"): a session in use is extended to a full lifetime
+    from now, written at most once per SESSION_REFRESH_MINUTES; an idle one expires. Login and link
+    sessions never outlive SESSION_MAX_DAYS after sign-in; a guest's token is its only credential, so
+    an active guest session has no such cap."""
+    s = deps.settings
+    now = datetime.now(UTC)
+    guest = row["kind"] == "guest"
+    target = now + timedelta(days=s.guest_session_days if guest else s.login_session_days)
+    if not guest:
+        target = min(target, row["created_at"] + timedelta(days=s.session_max_days))
+    if target - row["expires_at"] < timedelta(minutes=s.session_refresh_minutes):
+        return row["expires_at"]  # refreshed recently enough (or capped): no write
+    return await store.slide_session(deps.db, row["session_id"], target) or row["expires_at"]
 
 
 async def require_user(request: web.Request, *, allow_banned: bool = False) -> Principal:

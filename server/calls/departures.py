@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import structlog
 
@@ -57,12 +58,15 @@ async def on_grace(deps: Deps, user_id: str) -> None:
     await user_gone(deps, user_id)
 
 
-async def cut_user(deps: Deps, user_id: str, message: str = "Your account has been suspended.") -> None:
-    """Enforce a ban on live state at once (§6 D11/D30): end the call, drop invites, disconnect."""
-    await emit.to_user(deps, user_id, "auth:banned", {"message": message, "banned": True})
+async def cut_user(deps: Deps, user_id: str, message: str = "Your account has been suspended.", *,
+                   event: str = "auth:banned", payload: dict[str, Any] | None = None,
+                   end_reason: str = "banned", leaver: bool = False) -> None:
+    """Enforce a ban on live state at once (§6 D11/D30): end the call, drop invites, disconnect.
+    Account deletion passes its own event and ends the call as the user leaving it."""
+    await emit.to_user(deps, user_id, event, payload or {"message": message, "banned": True})
     room_id = await state.user_room(deps.redis, user_id)
     if room_id:
-        await rooms.finalize(deps, room_id, "banned")
+        await rooms.finalize(deps, room_id, end_reason, leaver=user_id if leaver else "")
     await _end_invites(deps, user_id)
     await presence.leave_queue(deps.redis, user_id)
     for sid in await presence.user_sids(deps.redis, user_id):

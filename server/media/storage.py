@@ -96,6 +96,23 @@ class Storage:
             return keys
         return await _run(list_all)
 
+    async def delete_prefix(self, prefix: str) -> list[str]:
+        """Delete every object under `prefix` and abort its unfinished multipart uploads (which hold
+        stored parts too); returns whatever is still listed afterwards (empty on success)."""
+        def purge() -> list[str]:
+            uploads = self.s3.get_paginator("list_multipart_uploads")
+            for page in uploads.paginate(Bucket=self.bucket, Prefix=prefix):
+                for up in page.get("Uploads", []):
+                    self.s3.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
+            objects = self.s3.get_paginator("list_objects_v2")
+            for page in objects.paginate(Bucket=self.bucket, Prefix=prefix):
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+            left = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=10)
+            return [o["Key"] for o in left.get("Contents", [])]
+        return await _run(purge)
+
     # Signing is local computation (no network call), so it runs inline.
     def presign_post(self, key: str, content_type: str, max_bytes: int, expires_in: int) -> dict[str, Any]:
         fields: dict[str, str] = {"Content-Type": content_type}

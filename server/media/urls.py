@@ -13,7 +13,7 @@ from server.deps import Deps
 from server.media.sniff import BY_EXT
 
 
-def media_url(deps: Deps, key: str | None) -> str | None:
+def media_url(deps: Deps, key: str | None, ttl_s: int | None = None) -> str | None:
     if not key:
         return None
     s = deps.settings
@@ -23,4 +23,4 @@ def media_url(deps: Deps, key: str | None) -> str | None:
     media = BY_EXT.get(key.rsplit(".", 1)[-1])
     if media is not None:
         params["ResponseContentType"] = media.mime
-    return str(deps.s3.generate_presigned_url("get_object", Params=params, ExpiresIn=s.media_url_ttl_seconds))
+    return str(deps.s3.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl_s or s.media_url_ttl_seconds))
