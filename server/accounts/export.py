@@ -24,11 +24,11 @@ FORMAT_VERSION = 1
 
 
 def _audit_entry(r: Any) -> dict[str, Any]:
-    details = r["details"] or {}
-    if not r["by_self"]:  # someone else's action: its effect on this account, not their details (ip ...)
-        details = {k: v for k, v in details.items() if k in ("before", "after")}
-    return {"action": r["action"], "by": "you" if r["by_self"] else r["actor_label"].split(":", 1)[0],
-            "details": details, "at": ms(r["created_at"])}
+    entry = {"action": r["action"], "by": "you" if r["by_self"] else r["actor_label"].split(":", 1)[0],
+             "before": r["before"], "after": r["after"], "at": ms(r["created_at"])}
+    if r["by_self"]:  # someone else's action shows its effect on this account, not their details or IP
+        entry.update(details=r["details"] or {}, ip=r["ip"])
+    return entry
 
 
 async def build(deps: Deps, principal: Principal) -> dict[str, Any]:
@@ -84,9 +84,12 @@ async def build(deps: Deps, principal: Principal) -> dict[str, Any]:
             for r in await store.export_reports_made(db, uid)
         ],
         "banRecord": None if ban is None else {
-            "banStatus": ban["ban_status"], "reviewStatus": ban["review_status"], "bannedAt": ms(ban["banned_at"]),
+            "banStatus": u["ban_status"], "reviewStatus": ban["review_status"], "bannedAt": ms(ban["banned_at"]),
             "bannedReason": ban["banned_reason"], "reportCount": ban["report_count"],
-            "reviewedAt": ms(ban["reviewed_at"])},
+            "reviewedAt": ms(ban["reviewed_at"]), "expiresAt": ms(ban["expires_at"]),
+            "liftedAt": ms(ban["lifted_at"])},
+        "warnings": [{"reason": w["reason"], "at": ms(w["created_at"])}
+                     for w in await store.export_warnings(db, uid)],
         "payments": [
             {"paymentId": str(p["id"]), "checkoutSessionId": p["stripe_checkout_session_id"],
              "amountCents": p["amount_cents"], "currency": p["currency"], "status": p["status"],

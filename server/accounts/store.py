@@ -253,7 +253,7 @@ async def export_reports_made(conn: Conn, user_id: UUID) -> list[asyncpg.Record]
 async def export_ban(conn: Conn, user_id: UUID) -> asyncpg.Record | None:
     """The user's own ban record, without who reported or reviewed them."""
     return await conn.fetchrow(
-        """SELECT ban_status, review_status, banned_at, banned_reason, report_count, reviewed_at
+        """SELECT review_status, banned_at, banned_reason, report_count, reviewed_at, expires_at, lifted_at
            FROM ban_records WHERE user_id = $1""", user_id)
 
 
@@ -273,7 +273,13 @@ async def export_invite_codes(conn: Conn, user_id: UUID) -> tuple[list[asyncpg.R
     return owned, redeemed
 
 
+async def export_warnings(conn: Conn, user_id: UUID) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT reason, created_at FROM warnings WHERE user_id = $1 ORDER BY created_at",
+                            user_id)
+
+
 async def export_audit(conn: Conn, user_id: UUID) -> list[asyncpg.Record]:
     return await conn.fetch(
-        """SELECT action, actor_label, actor_user_id = $1 AS by_self, details, created_at FROM audit_log
+        """SELECT action, actor_label, COALESCE(actor_user_id = $1, false) AS by_self, details, before, after,
+                  host(ip) AS ip, created_at FROM audit_log
            WHERE target_user_id = $1 OR actor_user_id = $1 ORDER BY created_at, id""", user_id)

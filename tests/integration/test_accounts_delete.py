@@ -143,8 +143,7 @@ async def test_a_banned_user_cannot_wipe_the_record(client, db):
     other = await guest(client, name="Rita")
     uid, oid = uuid.UUID(u["userId"]), uuid.UUID(other["userId"])
     await db.execute("INSERT INTO reports (reporter_id, reported_id, reason) VALUES ($1, $2, 'rude')", oid, uid)
-    await db.execute("INSERT INTO ban_records (user_id, ban_status, banned_reason, report_count) "
-                     "VALUES ($1, 'permanent', 'rude', 1)", uid)
+    await db.execute("INSERT INTO ban_records (user_id, banned_reason, report_count) VALUES ($1, 'rude', 1)", uid)
     await db.execute("UPDATE users SET ban_status = 'permanent' WHERE id = $1", uid)
     await db.execute("INSERT INTO payments (user_id, stripe_checkout_session_id, amount_cents, currency, status) "
                      "VALUES ($1, 'cs_test_1', 50, 'usd', 'completed')", uid)

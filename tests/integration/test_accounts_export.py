@@ -36,9 +36,9 @@ async def test_export_has_everything_about_the_user_and_nothing_else(client, db)
     await db.execute("INSERT INTO payments (user_id, stripe_checkout_session_id, amount_cents, currency, status) "
                      "VALUES ($1, 'cs_ada', 50, 'usd', 'completed'), ($2, 'cs_bea_secret', 50, 'usd', 'completed')",
                      aid, bid)
-    await db.execute("INSERT INTO audit_log (actor_user_id, actor_label, action, target_user_id, details) "
-                     "VALUES ($1, 'moderator:Bea', 'user.ban', $2, $3)", bid, aid,
-                     json.dumps({"ip": "10.9.8.7", "before": "none", "after": "temporary"}))
+    await db.execute("INSERT INTO audit_log (actor_user_id, actor_label, action, target_user_id, details, before, "
+                     "after, ip) VALUES ($1, 'moderator:Bea', 'user.ban', $2, $3, '\"none\"', '\"temporary\"', "
+                     "'10.9.8.7')", bid, aid, json.dumps({"note": "Bea's private note"}))
     resp = await client.post("/referral/generate", json={"targetUserId": b["userId"]}, headers=auth(a["sessionToken"]))
     code = (await resp.json())["referralCode"]
     await guest(client, name="Cleo", referralCode=code)
@@ -61,7 +61,7 @@ async def test_export_has_everything_about_the_user_and_nothing_else(client, db)
     assert [c["code"] for c in body["introductions"]["codesCreated"]] == [code]
     assert [i["name"] for i in body["introductions"]["introducedToYou"]] == ["Dan"]
     [entry] = [e for e in body["auditLog"] if e["action"] == "user.ban"]
-    assert entry == {"action": "user.ban", "by": "moderator", "details": {"before": "none", "after": "temporary"},
+    assert entry == {"action": "user.ban", "by": "moderator", "before": "none", "after": "temporary",
                      "at": entry["at"]}
     [obj] = body["media"]["objects"]
     assert obj["current"] == "selfie" and f"X-Amz-Expires={body['media']['linksExpireInSeconds']}" in obj["url"]
@@ -70,7 +70,7 @@ async def test_export_has_everything_about_the_user_and_nothing_else(client, db)
 
     # No secrets, and nothing private of Bea's: her email, IP, browser, payment, or that she reported Ada.
     for secret in ("password", "token", "hash", "bea-secret@example.com", "10.9.8.7", "BeaBrowser", "cs_bea_secret",
-                   "rude"):
+                   "rude", "private note"):
         assert secret not in text.lower(), secret
 
 
