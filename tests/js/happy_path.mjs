@@ -43,6 +43,8 @@ class Client {
       reconnectionDelay: 1000,
       timeout: 20000,
       auth: { token },
+      // Node keeps cookies only with this (a browser always does): the proxy's sticky cookie.
+      withCredentials: cfg.withCredentials ?? false,
     });
     this.socket.onAny((event, data) => this.record(event, data));
     // socket.ts: on every connect (including reconnects) the client also sends `auth`.
