@@ -43,6 +43,9 @@
     queuePoll: null,
   };
   window.__napalm = state;
+  // Hooks for the screen modules (intro.js, account.js): they add to this page without reaching into it.
+  window.__napalmStub = { api: (...a) => api(...a), toast: (...a) => toast(...a), invite: (u) => invite(u), signOut: (m) => clearSession(m) };
+  const hook = (name, detail) => window.dispatchEvent(new CustomEvent(`napalm:${name}`, { detail }));
 
   // ---------------------------------------------------------------- helpers
   function show(view) {
@@ -106,6 +109,7 @@
     teardownCall();
     stopQueuePoll();
     $("whoami").hidden = true; $("logout").hidden = true;
+    hook("signedout");
     show("signup");
     if (message) $("signup-error").textContent = message;
   }
@@ -132,7 +136,7 @@
     try {
       const name = $("signup-name").value.trim();
       const gender = $("signup-gender").value;
-      const res = await api("/auth/guest", { method: "POST", body: { name, gender } });
+      const res = await api("/auth/guest", { method: "POST", body: { name, gender, referralCode: params.get("ref") || undefined } });
       if (!res.ok) { $("signup-error").textContent = res.data.error || `Sign-up failed (${res.status})`; return; }
       saveSession({ sessionToken: res.data.sessionToken, userId: res.data.userId, accountType: res.data.accountType });
       const me = await api("/user/me");
@@ -152,6 +156,7 @@
     $("profile-setup").hidden = Boolean(me.selfieUrl && me.videoUrl);
     connectSocket();
     enterLobby();
+    hook("signedin", me);
   }
 
   // ---------------------------------------------------------------- socket
@@ -163,6 +168,7 @@
       auth: { token: state.session.sessionToken, capabilities: CAPABILITIES },
     });
     state.socket = socket;
+    hook("socket", socket);
     socket.on("connect_error", (err) => {
       if (/suspended|banned/i.test(err && err.message)) clearSession("Your account is suspended.");
     });
@@ -306,6 +312,7 @@
       btn.addEventListener("click", () => invite(u));
       li.append(name, meta, btn);
       list.append(li);
+      hook("card", { li, user: u });
     }
     const total = (data && data.totalAvailable) || users.length;
     $("queue-status").textContent = users.length ? `${users.length} available (of ${total})` : "Nobody else is available right now.";
