@@ -17,6 +17,7 @@ from server.calls.routes import routes as call_routes
 from server.db import create_pool
 from server.deps import DEPS, SETTINGS, Deps
 from server.errors import error_middleware
+from server.httpio import body_guard
 from server.ice.routes import routes as ice_routes
 from server.media.routes import routes as media_routes
 from server.middleware import cors_middleware, request_context
@@ -74,7 +75,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=JSON_BODY_LIMIT,
         middlewares=[http_metrics, request_context, cors_middleware(settings.origins), ip_ban_middleware,
-                     error_middleware, refuse_new_sockets],
+                     error_middleware, refuse_new_sockets, body_guard],
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)

@@ -47,6 +47,12 @@ def rate_limited(message: str, retry_after: int, /, code: str = "rate_limited", 
     return ApiError(429, code, message, retryAfter=retry_after, **extra)
 
 
+def payment_required() -> ApiError:
+    """For routes that need access (accounts/access.has_access)."""
+    return ApiError(402, "payment_required", "Payment required", requiresPayment=True,
+                    message="Unlock access with a payment or an invite code.")
+
+
 _HTTP_CODES = {
     400: ("invalid_request", "Bad request"),
     401: ("unauthorized", "Authorization required"),
@@ -87,7 +93,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
                 return _error(status)
         return response
     except ApiError as exc:
-        return exc.response()
+        resp = exc.response()
+        if exc.status == 408:  # a body that stopped arriving: its rest is never read, so the connection ends
+            resp.force_close()
+        return resp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

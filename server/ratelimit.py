@@ -134,3 +134,46 @@ async def end_attempt(redis: aioredis.Redis, scopes: Sequence[tuple[str, int]], 
     scopes flagged in `clear_on_success`."""
     flags = [1 if i < len(clear_on_success) and clear_on_success[i] else 0 for i in range(len(scopes))]
     await _END(redis, _attempt_keys(scopes), [1 if failed else 0, int(window_s * 1000), *flags])
+
+
+# ---- concurrency caps (work in flight per key, across nodes) ----
+#
+# A counter of slots held, with a TTL as a backstop: a node that dies while holding a slot cannot leak
+# it for longer than `ttl_s` (set it above the longest the guarded work can take).
+
+# KEYS[1] counter; ARGV[1] limit; ARGV[2] TTL ms. Returns 1 = taken, 0 = all slots are held.
+_ACQUIRE = Script(
+    """
+    local n = redis.call('INCR', KEYS[1])
+    if n > tonumber(ARGV[1]) then
+      if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
+      return 0
+    end
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return 1
+    """
+)
+_RELEASE = Script(
+    """
+    local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+    if n <= 1 then redis.call('DEL', KEYS[1]) else redis.call('DECR', KEYS[1]) end
+    return 1
+    """
+)
+
+
+async def acquire_slot(redis: aioredis.Redis, key: str, limit: int, ttl_s: float) -> bool:
+    """Take one of `limit` slots under `key`; False if all are held. Call `release_slot` once after."""
+    return bool(await _ACQUIRE(redis, [f"slots:{key}"], [limit, int(ttl_s * 1000)]))
+
+
+async def release_slot(redis: aioredis.Redis, key: str) -> None:
+    await _RELEASE(redis, [f"slots:{key}"], [])
+
+
+async def give_back(redis: aioredis.Redis, key: str) -> None:
+    """Undo one `hit` on `key` (a reserved use that did not happen, e.g. a login that failed)."""
+    await _GIVE_BACK(redis, [f"rl:{key}"], [])
+
+
+_GIVE_BACK = Script("if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end return 1")

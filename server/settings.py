@@ -124,6 +124,20 @@ class Settings:
     ban_sweep_seconds: float = 10.0  # how often a node lifts timed bans that ran out
     ip_ban_cache_seconds: float = 2.0  # how long a node trusts its copy of the IP ban list
 
+    # Abuse limits (issue 12; every one is listed in README "Abuse limits")
+    http_keepalive_seconds: float = 75.0  # idle keep-alive, and the bound on a request's headers arriving
+    body_read_timeout_seconds: float = 10.0  # a JSON body must arrive whole within this, else 408
+    upload_idle_timeout_seconds: float = 30.0  # multipart upload: longest gap between received bytes
+    upload_max_seconds: float = 600.0  # multipart upload: the whole body
+    uploads_per_user_concurrent: int = 2  # multipart uploads in flight per user (all nodes)
+    upload_slots_per_node: int = 16  # multipart uploads streamed at once per process (memory bound)
+    upload_slot_wait_seconds: float = 10.0  # wait for one of a node's upload slots, then 503
+    link_attempts_per_user_per_hour: int = 10  # /auth/link attempts per account
+    link_attempts_per_ip_per_hour: int = 30
+    login_attempts_per_ip_per_hour: int = 60  # /auth/login, successful or not
+    logins_per_account_per_hour: int = 20  # successful /auth/login per account
+    bad_request_logs_per_minute: int = 10  # malformed HTTP requests logged per node; the rest counted
+
     # Ops
     log_format: str = "console"  # "json" in production
     log_level: str = "INFO"

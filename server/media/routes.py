@@ -14,7 +14,7 @@ from aiohttp.client_exceptions import ClientPayloadError
 from server.accounts.sessions import require_user
 from server.deps import deps_of
 from server.errors import ApiError, bad_request
-from server.httpio import read_json
+from server.httpio import BodyClock, body_limit, read_json
 from server.media import service
 from server.media.rules import KINDS, SELFIE, VIDEO, Kind
 
@@ -47,10 +47,10 @@ def _malformed() -> ApiError:
     return bad_request("Malformed multipart body", code="malformed_multipart")
 
 
-async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+async def _chunks(part: BodyPartReader, clock: BodyClock) -> AsyncIterator[bytes]:
     while True:
         try:
-            chunk = await part.read_chunk(CHUNK_BYTES)
+            chunk = await clock.read(part.read_chunk, CHUNK_BYTES)
         except (ValueError, AssertionError):
             raise _malformed() from None
         except (ClientPayloadError, ConnectionError):
@@ -60,7 +60,7 @@ async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _file_part(request: web.Request, kind: Kind) -> BodyPartReader:
+async def _file_part(request: web.Request, kind: Kind, clock: BodyClock) -> BodyPartReader:
     """The part named after the kind; other parts are skipped, within a small budget."""
     if not request.content_type.startswith("multipart/"):
         raise service.no_file()
@@ -68,14 +68,14 @@ async def _file_part(request: web.Request, kind: Kind) -> BodyPartReader:
         reader = await request.multipart()
         skipped = 0
         while True:
-            part = await reader.next()
+            part = await clock.read(reader.next)
             if part is None:
                 raise service.no_file()
             if not isinstance(part, BodyPartReader):
                 raise _malformed()  # nested multipart
             if part.name == kind.name:
                 return part
-            while chunk := await part.read_chunk(8192):
+            while chunk := await clock.read(part.read_chunk, 8192):
                 skipped += len(chunk)
                 if skipped > OTHER_FIELDS_BYTES:
                     raise ApiError(413, "payload_too_large", "Too much form data besides the file")
@@ -88,20 +88,23 @@ async def _file_part(request: web.Request, kind: Kind) -> BodyPartReader:
 async def _multipart_upload(request: web.Request, kind: Kind) -> web.Response:
     principal = await require_user(request)
     deps = deps_of(request)
-    length = request.content_length
-    if length is not None and length > kind.max_bytes + ENVELOPE_BYTES:
-        raise service.too_large(kind)  # answered before reading the body
     await service.check_rate(deps, principal.user_id)
-    part = await _file_part(request, kind)
-    return web.json_response(await service.receive(deps, principal.user_id, kind, _chunks(part)))
+    s = deps.settings
+    # Reading the body is bounded in time (slow or stalled uploads end with 408 and free their slots).
+    clock = BodyClock(s.upload_idle_timeout_seconds, s.upload_max_seconds)
+    async with service.user_upload_slot(deps, principal.user_id):
+        part = await _file_part(request, kind, clock)
+        return web.json_response(await service.receive(deps, principal.user_id, kind, _chunks(part, clock)))
 
 
 @routes.post("/media/selfie")
+@body_limit(SELFIE.max_bytes + ENVELOPE_BYTES, lambda: service.too_large(SELFIE))
 async def upload_selfie(request: web.Request) -> web.Response:
     return await _multipart_upload(request, SELFIE)
 
 
 @routes.post("/media/video")
+@body_limit(VIDEO.max_bytes + ENVELOPE_BYTES, lambda: service.too_large(VIDEO))
 async def upload_video(request: web.Request) -> web.Response:
     return await _multipart_upload(request, VIDEO)
 

@@ -9,6 +9,7 @@ the magic bytes) because the store may enforce none of the signed policy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import weakref
@@ -34,17 +35,51 @@ PART_BYTES = 5 * 1024 * 1024  # S3's minimum part size: per-upload memory stays 
 PRESIGN_TTL_S = 300  # presigned POST/PUT lifetime (issue: <= 5 min)
 TICKET_TTL_S = 3600  # how long an issued key may be confirmed
 UPLOADS_PER_HOUR = 60  # per user: multipart uploads + presign requests
-MAX_CONCURRENT_UPLOADS = 16  # per process: bounds memory at about this many part buffers
-
+# Multipart uploads streamed at once per process (UPLOAD_SLOTS_PER_NODE): bounds memory at about this
+# many part buffers.
 _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
-def _upload_slots() -> asyncio.Semaphore:
+def _upload_slots(count: int) -> asyncio.Semaphore:
     loop = asyncio.get_running_loop()
     sem = _slots.get(loop)
     if sem is None:
-        sem = _slots[loop] = asyncio.Semaphore(MAX_CONCURRENT_UPLOADS)
+        sem = _slots[loop] = asyncio.Semaphore(count)
     return sem
+
+
+@contextlib.asynccontextmanager
+async def _node_upload_slot(deps: Deps) -> AsyncIterator[None]:
+    """One of this process's upload slots, waited for a bounded time (then 503: try again)."""
+    sem = _upload_slots(deps.settings.upload_slots_per_node)
+    wait = deps.settings.upload_slot_wait_seconds
+    try:
+        async with asyncio.timeout(wait):
+            await sem.acquire()
+    except TimeoutError:
+        raise ApiError(503, "upload_busy", "Too many uploads in progress, try again shortly",
+                       retryAfter=max(1, int(wait))) from None
+    try:
+        yield
+    finally:
+        sem.release()
+
+
+@contextlib.asynccontextmanager
+async def user_upload_slot(deps: Deps, user_id: UUID) -> AsyncIterator[None]:
+    """One of the user's UPLOADS_PER_USER_CONCURRENT slots (across nodes), so that a few slow uploads
+    of one account cannot take every slot of a node. 429 at once if all are held."""
+    s = deps.settings
+    key = f"media:uploading:{user_id}"
+    # The TTL only matters if a node dies mid-upload: longer than any upload can take.
+    if not await ratelimit.acquire_slot(deps.redis, key, s.uploads_per_user_concurrent,
+                                        s.upload_max_seconds + 120):
+        raise ApiError(429, "upload_in_progress", "Another upload is still in progress", retryAfter=5,
+                       message="Wait for your other upload to finish.")
+    try:
+        yield
+    finally:
+        await asyncio.shield(ratelimit.release_slot(deps.redis, key))
 
 
 # ---- errors (all JSON, 4xx for client mistakes: §6 D21) ----
@@ -139,7 +174,7 @@ async def _sweep(deps: Deps, storage: Storage, user_id: UUID) -> None:
 async def receive(deps: Deps, user_id: UUID, kind: Kind, chunks: AsyncIterator[bytes]) -> dict[str, Any]:
     """Stream one uploaded file to S3; returns the response body."""
     storage = Storage(deps)
-    async with _upload_slots():
+    async with _node_upload_slot(deps):
         try:
             key = await _stream(storage, user_id, kind, chunks)
         except StorageError:

@@ -38,6 +38,12 @@ from tests.conftest import reset_state
 from tests.helpers import auth
 
 
+@pytest.fixture
+def settings(base_settings):
+    # Some tests race several uploads of one user on purpose (the default lets 2 run at once).
+    return base_settings.with_(uploads_per_user_concurrent=8)
+
+
 async def _upload(client, token, kind, data, filename=None, content_type=None):
     field = "selfie" if kind == "selfie" else "video"
     filename = filename or ("selfie.jpg" if kind == "selfie" else "intro.webm")
