@@ -80,6 +80,7 @@ async def link(request: web.Request) -> web.Response:
     token = body.get("sessionToken") or bearer_token(request)
     if not token:
         raise bad_request("sessionToken is required", code="validation_failed")  # §2.1: 400 missing fields
+    await service.limit_link_ip(deps, _client(request))
     principal = await authenticate(deps, token)
     email = body["email"].strip().lower()
     if len(email) > 254:  # lowercasing can lengthen some characters ('İ' -> 'i̇')

@@ -17,6 +17,7 @@ from server.accounts.profile import card
 from server.accounts.sessions import BANNED_STATUSES, Principal, start_session
 from server.deps import Deps
 from server.errors import ApiError, bad_request, rate_limited
+from server.httpio import ip_scope
 from server.payments import codes
 from server.presence.state import is_online
 from server.referrals import store as referrals
@@ -50,7 +51,7 @@ async def guest_signup(deps: Deps, client: Client, name: str, gender: str,
         if not codes.CODE_RE.match(invite_code):
             raise bad_request("Invalid invite code format", code="invalid_code_format",
                               attemptsRemaining=attempts_left)
-    await _limit(deps, f"signup:ip:{client.ip}", s.guest_signups_per_ip_per_hour, 3600,
+    await _limit(deps, f"signup:ip:{ip_scope(client.ip)}", s.guest_signups_per_ip_per_hour, 3600,
                  "Too many signups from this network", "signup_rate_limited")
 
     ref = await referrals.resolve(deps.db, referral_code.strip().upper()) if referral_code else None
@@ -89,22 +90,52 @@ async def guest_signup(deps: Deps, client: Client, name: str, gender: str,
     }
 
 
+def already_linked() -> ApiError:
+    return ApiError(409, "already_linked", "Account is already linked to an email")
+
+
+def email_taken() -> ApiError:
+    return ApiError(409, "email_taken", "Email already registered")
+
+
+async def limit_link_ip(deps: Deps, client: Client) -> None:
+    """Per address, before the token is even looked up (each lookup is a query)."""
+    await _limit(deps, f"link:ip:{ip_scope(client.ip)}", deps.settings.link_attempts_per_ip_per_hour, 3600,
+                 "Too many attempts", "link_rate_limited")
+
+
 async def link(deps: Deps, principal: Principal, email: str, password: str) -> dict[str, Any]:
     problem = passwords.policy_error(password)
     if problem:
         raise bad_request(problem, code="weak_password")
+    # Everything that can refuse the link is checked before bcrypt (~250 ms of CPU at cost 12): a
+    # session token must not buy hashes it cannot use.
+    if principal.account_type != "guest":
+        raise already_linked()
+    await _limit(deps, f"link:user:{principal.user_id}", deps.settings.link_attempts_per_user_per_hour, 3600,
+                 "Too many attempts", "link_rate_limited")
     if await deletion.email_banned(deps, email):  # deleted while banned: no fresh start (README)
         raise ApiError(403, "banned", "Account suspended", banned=True, message="This email cannot be used.")
-    hashed = await passwords.hash_password(password, deps.settings.bcrypt_rounds)
+    if await store.email_taken(deps.db, email):
+        raise email_taken()
+    # One hash in flight per account: parallel requests with one token queue up as 429s, not as CPU.
+    busy_key = f"link:busy:{principal.user_id}"
+    if not await ratelimit.acquire_slot(deps.redis, busy_key, 1, 60):
+        raise rate_limited("Too many attempts", 1, code="link_rate_limited",
+                           message="Your account is already being linked.")
+    try:
+        hashed = await passwords.hash_password(password, deps.settings.bcrypt_rounds)
+    finally:
+        await ratelimit.release_slot(deps.redis, busy_key)
     async with deps.db.acquire() as conn, conn.transaction():
         try:
             linked = await store.link_account(conn, principal.user_id, email, hashed)
-        except asyncpg.UniqueViolationError:
-            raise ApiError(409, "email_taken", "Email already registered") from None
+        except asyncpg.UniqueViolationError:  # taken since the check above
+            raise email_taken() from None
         except asyncpg.CheckViolationError:  # an address Postgres's lower() would still change
             raise bad_request("A valid email is required", code="validation_failed") from None
         if not linked:
-            raise ApiError(409, "already_linked", "Account is already linked to an email")
+            raise already_linked()
         expires = datetime.now(UTC) + timedelta(days=deps.settings.login_session_days)
         await store.extend_session(conn, principal.session_id, "link", expires)
     log.info("account_linked", user_id=str(principal.user_id))
@@ -117,24 +148,40 @@ async def login(deps: Deps, client: Client, email: str,
     s = deps.settings
     if len(password.encode()) > passwords.MAX_BYTES:
         raise bad_request(f"Password must be at most {passwords.MAX_BYTES} bytes", code="password_too_long")
+    ip = ip_scope(client.ip)
+    # Every attempt costs a bcrypt check, successful or not: a budget per address for all of them...
+    await _limit(deps, f"login:any:ip:{ip}", s.login_attempts_per_ip_per_hour, 3600,
+                 "Too many login attempts", "login_rate_limited")
+    # ...and per account for successes (someone holding the password must not buy unlimited hashes and
+    # sessions). A slot is reserved atomically before the check and handed back if the check fails.
+    ok_key = f"login:ok:acct:{email}"
+    w = await ratelimit.hit(deps.redis, ok_key, 3600)
+    if w.count > s.logins_per_account_per_hour:
+        await ratelimit.give_back(deps.redis, ok_key)
+        raise rate_limited("Too many login attempts", w.retry_after_s, code="login_rate_limited",
+                           message=f"Too many sign-ins. Try again in {w.retry_after_s} seconds.")
     # Failed attempts are limited per IP and per account. Each attempt holds a slot while its password
     # is checked, so parallel guesses cannot outrun the count (see ratelimit.begin_attempt).
-    scopes = [(f"login:ip:{client.ip}", s.login_max_failures_per_ip),
+    scopes = [(f"login:ip:{ip}", s.login_max_failures_per_ip),
               (f"login:acct:{email}", s.login_max_failures_per_account)]
     window = s.login_failure_window_seconds
     wait = await ratelimit.begin_attempt(deps.redis, scopes, window)
     if wait is not None:
+        await ratelimit.give_back(deps.redis, ok_key)
         raise rate_limited("Too many login attempts", wait, code="login_rate_limited",
                            message=f"Too many failed attempts. Try again in {wait} seconds.")
-    failed = False
+    failed = succeeded = False
     try:
         user = await store.find_login(deps.db, email)
         ok = await passwords.verify_password(password, user["password_hash"] if user else None,
                                              s.bcrypt_rounds)
         failed = not ok or user is None
+        succeeded = not failed
     finally:
         # A success clears the account's failures; the IP's stay until their window ends.
         await ratelimit.end_attempt(deps.redis, scopes, window, failed=failed, clear_on_success=[False, True])
+        if not succeeded:
+            await ratelimit.give_back(deps.redis, ok_key)
     if failed or user is None:
         raise ApiError(401, "invalid_credentials", INVALID_CREDENTIALS,
                        message="Email or password is incorrect. Guest accounts have no password: "

@@ -36,6 +36,10 @@ async def find_login(conn: Conn, email: str) -> asyncpg.Record | None:
     )
 
 
+async def email_taken(conn: Conn, email: str) -> bool:
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE email = $1)", email))
+
+
 async def lock_user(conn: asyncpg.Connection, user_id: UUID) -> None:
     """Row-lock the user until the caller's transaction ends."""
     await conn.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user_id)
