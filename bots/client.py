@@ -218,6 +218,9 @@ class Bot:
         now_ms = time.time() * 1000
         if self._ice is None or self._ice.get("expiresAt", 0) - now_ms < 300_000:
             status, body = await self._request("GET", "/turn/credentials")
+            if status == 402:  # no access, so no relay: the paywall stops the bot later, with its reason
+                self.say("no TURN credentials without access")
+                return []
             if status != 200:
                 if self.opts.relay:
                     raise BotError(f"GET /turn/credentials failed ({status} {body.get('error')}): "

@@ -21,3 +21,13 @@ async def permanent(client: Any, email: str, password: str = "correct horse", na
                                                  "password": password})
     assert resp.status == 200, await resp.text()
     return g
+
+
+async def grant_access(client: Any, user: dict[str, Any]) -> dict[str, Any]:
+    """Give a test user access (as a payment would), in the test app's own database."""
+    from uuid import UUID
+
+    from server.deps import DEPS
+
+    await client.app[DEPS].db.execute("UPDATE users SET paid_status = 'paid' WHERE id = $1", UUID(user["userId"]))
+    return user

@@ -1,7 +1,10 @@
 """HTTP: GET /turn/credentials (PROTOCOL.md §2.8, §6 D24).
 
 Per-user rate limit (the original's 10/h per IP sent whole NATed offices to STUN-only, which breaks
-iOS relay-only calls). Banned users get 403 from require_user.
+iOS relay-only calls). Banned users get 403 from require_user, users without access 402: relays
+are only for those who may call. coturn's user-quota counts the allocations of the user id part of
+the username (it strips the "<expiry>:" stamp), so it bounds the relays of a user whatever number of
+credentials the user holds (tests/e2e/test_coturn_quota.py).
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import structlog
 from aiohttp import web
 
 from server import ratelimit
+from server.accounts.access import has_access
 from server.accounts.sessions import require_user
 from server.deps import deps_of
+from server.errors import payment_required
 from server.ice import credentials
 
 routes = web.RouteTableDef()
@@ -24,10 +29,14 @@ RATE_WINDOW_S = 3600
 
 @routes.get("/turn/credentials")
 async def turn_credentials(request: web.Request) -> web.Response:
-    principal = await require_user(request)
+    principal = await require_user(request)  # banned users: 403
     deps = deps_of(request)
     s = deps.settings
     user_id = str(principal.user_id)
+    if not has_access(deps, principal.paid_status):
+        # Relays are for calls, and only users with access can call (the client then falls back to
+        # STUN, which is all it could use anyway).
+        raise payment_required()
 
     w = await ratelimit.hit(deps.redis, f"turn:user:{user_id}", RATE_WINDOW_S)
     if w.count > s.turn_rate_per_hour:

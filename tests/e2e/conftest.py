@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import auth, guest
+from tests.helpers import auth, grant_access, guest
 
 UCLIENT = shutil.which("turnutils_uclient") or "/usr/bin/turnutils_uclient"
 
@@ -24,8 +24,8 @@ def sign(secret: str, username: str) -> str:
 
 
 async def turn_credentials(client: Any, name: str = "Bot") -> tuple[dict[str, Any], dict[str, Any]]:
-    """(guest signup body, GET /turn/credentials body) for a new guest."""
-    g = await guest(client, name=name)
+    """(guest signup body, GET /turn/credentials body) for a new guest with access."""
+    g = await grant_access(client, await guest(client, name=name))
     resp = await client.get("/turn/credentials", headers=auth(g["sessionToken"]))
     assert resp.status == 200, await resp.text()
     return g, await resp.json()

@@ -12,7 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from server.ice import credentials
-from tests.helpers import auth, guest
+from tests.helpers import auth, grant_access, guest
 
 RATE = 3
 
@@ -27,7 +27,7 @@ async def _creds(client, token):
 
 
 async def test_shape_matches_protocol(client, settings):
-    g = await guest(client)
+    g = await grant_access(client, await guest(client))
     resp = await _creds(client, g["sessionToken"])
     assert resp.status == 200, await resp.text()
     assert resp.headers["Cache-Control"] == "no-store"
@@ -46,7 +46,7 @@ async def test_shape_matches_protocol(client, settings):
 
 
 async def test_credential_is_coturn_hmac_of_username_and_expires_after_ttl(client, settings):
-    g = await guest(client)
+    g = await grant_access(client, await guest(client))
     before = int(time.time())
     body = await (await _creds(client, g["sessionToken"])).json()
     after = int(time.time())
@@ -63,7 +63,7 @@ async def test_credential_is_coturn_hmac_of_username_and_expires_after_ttl(clien
 
 
 async def test_secret_never_in_response_or_logs(client, settings):
-    g = await guest(client)
+    g = await grant_access(client, await guest(client))
     with capture_logs() as logs:
         resp = await _creds(client, g["sessionToken"])
         text = await resp.text()
@@ -82,7 +82,7 @@ async def test_tls_urls_are_included_when_configured(aiohttp_client, base_settin
     s = base_settings.with_(turns_urls=("turns:turn.example.com:443?transport=tcp",))
     await reset_state(s)
     client = await aiohttp_client(create_app(s))
-    g = await guest(client)
+    g = await grant_access(client, await guest(client))
     body = await (await _creds(client, g["sessionToken"])).json()
     urls = body["iceServers"][1]["urls"]
     assert urls[-1] == "turns:turn.example.com:443?transport=tcp"
@@ -90,8 +90,8 @@ async def test_tls_urls_are_included_when_configured(aiohttp_client, base_settin
 
 
 async def test_per_user_limit_and_users_are_independent(client):
-    a = await guest(client, name="A")
-    b = await guest(client, name="B")
+    a = await grant_access(client, await guest(client, name="A"))
+    b = await grant_access(client, await guest(client, name="B"))
     for _ in range(RATE):
         assert (await _creds(client, a["sessionToken"])).status == 200
     resp = await _creds(client, a["sessionToken"])
@@ -137,3 +137,26 @@ def test_issue_is_deterministic_for_a_given_time():
     c = credentials.issue("secret", "u1", 600, now=1_000_000)
     assert c.username == "1000600:u1" and c.expires_at_ms == 1_000_600_000
     assert c.credential == credentials.sign("secret", "1000600:u1")
+
+
+async def test_users_without_access_get_no_relay(client, db):
+    g = await guest(client)  # unpaid, paywall on
+    resp = await _creds(client, g["sessionToken"])
+    assert resp.status == 402
+    body = await resp.json()
+    assert body["code"] == "payment_required" and body["requiresPayment"] is True
+    assert "iceServers" not in body
+    await grant_access(client, g)
+    assert (await _creds(client, g["sessionToken"])).status == 200
+
+
+async def test_without_a_paywall_every_user_gets_a_relay(aiohttp_client, base_settings):
+    from server.app import create_app
+    from tests.conftest import reset_state
+
+    s = base_settings.with_(require_payment=False)
+    await reset_state(s)
+    client = await aiohttp_client(create_app(s))
+    g = await guest(client)
+    assert (await _creds(client, g["sessionToken"])).status == 200
+
