@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import asyncpg
+
+from server.ids import user_uuid
 
 ROLES = ("user", "moderator", "admin")
 
@@ -15,10 +16,10 @@ class OperatorError(Exception):
 
 
 async def _find_user(conn: asyncpg.Connection, ref: str) -> asyncpg.Record:
-    try:
-        row = await conn.fetchrow("SELECT id, name, email, role, paid_status FROM users WHERE id = $1",
-                                  uuid.UUID(ref))
-    except ValueError:
+    user_id = user_uuid(ref)
+    if user_id is not None:
+        row = await conn.fetchrow("SELECT id, name, email, role, paid_status FROM users WHERE id = $1", user_id)
+    else:
         row = await conn.fetchrow("SELECT id, name, email, role, paid_status FROM users WHERE email = $1",
                                   ref.strip().lower())
     if row is None:

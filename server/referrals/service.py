@@ -8,7 +8,6 @@ import secrets
 import string
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID
 
 import asyncpg
 import structlog
@@ -20,6 +19,7 @@ from server.accounts.sessions import BANNED_STATUSES, Principal
 from server.calls import state as calls_state
 from server.deps import Deps
 from server.errors import ApiError, bad_request, not_found, rate_limited
+from server.ids import user_uuid
 from server.presence import state as presence
 from server.referrals import store
 
@@ -39,13 +39,6 @@ def normalize(code: str) -> str | None:
     return code if len(code) == CODE_LENGTH and all(c in ALPHABET for c in code) else None
 
 
-def _uuid(value: str) -> UUID | None:
-    try:
-        return UUID(value)
-    except ValueError:
-        return None
-
-
 async def _limit(deps: Deps, key: str, limit: int, window_s: int) -> None:
     w = await ratelimit.hit(deps.redis, key, window_s)
     if w.count > limit:
@@ -58,7 +51,7 @@ def _visible(user: asyncpg.Record | None) -> bool:
 
 
 async def generate(deps: Deps, principal: Principal, target_user_id: str) -> dict[str, Any]:
-    target_id = _uuid(target_user_id)
+    target_id = user_uuid(target_user_id)
     if target_id is None:
         raise bad_request("Invalid targetUserId", code="validation_failed")
     if target_id == principal.user_id:
