@@ -20,7 +20,7 @@ from server.errors import error_middleware
 from server.httpio import body_guard
 from server.ice.routes import routes as ice_routes
 from server.media.routes import routes as media_routes
-from server.middleware import cors_middleware, request_context
+from server.middleware import cors_middleware, proxy_hops_check, request_context
 from server.moderation import page as moderator_page
 from server.moderation import service as moderation
 from server.moderation.ipbans import ip_ban_middleware
@@ -75,7 +75,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=JSON_BODY_LIMIT,
         middlewares=[http_metrics, request_context, cors_middleware(settings.origins), ip_ban_middleware,
-                     error_middleware, refuse_new_sockets, body_guard],
+                     error_middleware, refuse_new_sockets, body_guard, proxy_hops_check(settings.trusted_proxy_hops)],
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)

@@ -68,3 +68,24 @@ def cors_middleware(allowed_origins: tuple[str, ...]) -> Any:
         return response
 
     return cors
+
+
+def proxy_hops_check(trusted_hops: int) -> Any:
+    """With no trusted proxy hop X-Forwarded-For is ignored, so behind a load balancer every client
+    has the balancer's address and each per-IP limit becomes one limit for everybody. Say so once per
+    process, on the first request that shows a proxy (the deployment must set TRUSTED_PROXY_HOPS)."""
+    warned = trusted_hops > 0
+
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+        nonlocal warned
+        if not warned and "X-Forwarded-For" in request.headers:
+            warned = True
+            structlog.get_logger(__name__).warning(
+                "proxy_hops_not_configured", trusted_proxy_hops=0, remote=request.remote,
+                hint="requests carry X-Forwarded-For but TRUSTED_PROXY_HOPS=0: every client behind the proxy "
+                     "counts as one address for per-IP limits. Set TRUSTED_PROXY_HOPS to the number of "
+                     "proxies in front of the app.")
+        return await handler(request)
+
+    return check

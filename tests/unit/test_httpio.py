@@ -72,3 +72,18 @@ def test_validate_accepts_valid_data():
 ])
 def test_storable(value, ok):
     assert _storable(value) is ok
+
+
+@pytest.mark.parametrize("ip,scope", [
+    ("198.51.100.7", "198.51.100.7"),
+    ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+    ("2001:DB8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+    ("::ffff:198.51.100.7", "198.51.100.7"),
+    (None, "unknown"),
+    ("not-an-ip", "unknown"),
+])
+def test_ip_scope(ip, scope):
+    from server.httpio import ip_scope
+
+    assert ip_scope(ip) == scope
