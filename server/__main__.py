@@ -27,10 +27,12 @@ def _install_uvloop() -> None:
 def cmd_serve(settings: Settings, host: str | None, port: int | None) -> None:
     from aiohttp import web
 
+    from server import httplog
     from server.app import create_app
     from server.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
+    httplog.install(settings.bad_request_logs_per_minute)
     _install_uvloop()
     settings = settings.with_(host=host or settings.host, port=port or settings.port)
     if "PUBLIC_URL" not in os.environ:  # a second node on another port serves its own origin
@@ -41,7 +43,10 @@ def cmd_serve(settings: Settings, host: str | None, port: int | None) -> None:
     app.on_startup.append(install_sigterm)  # SIGTERM drains (SIGINT still stops at once)
     web.run_app(app, host=settings.host, port=settings.port, access_log=None,
                 print=lambda _msg: print(f"serving on http://{settings.host}:{settings.port}", flush=True),
-                shutdown_timeout=5)
+                shutdown_timeout=5,
+                # Also bounds how long a connection may take to send a request's headers (aiohttp
+                # closes a connection that is idle or mid-headers this long); bodies: httpio.BodyClock.
+                keepalive_timeout=settings.http_keepalive_seconds)
 
 
 async def _prepare(settings: Settings) -> list[str]:
