@@ -14,6 +14,7 @@ import asyncpg
 from server import ratelimit
 from server.deps import Deps
 from server.errors import ApiError
+from server.httpio import ip_scope
 from server.payments import store
 
 CODE_RE = re.compile(r"^[A-Z0-9]{16}$")
@@ -34,7 +35,7 @@ async def take_attempt(deps: Deps, ip: str | None) -> int:
     an inviteCode share this budget, and every attempt counts, successes included (§5, §6 D8).
     Returns the attempts left; raises the 429 of §2.7 (retryAfter in ms) when none are."""
     limit = deps.settings.code_attempts_per_ip_per_hour
-    w = await ratelimit.hit(deps.redis, f"codes:ip:{ip}", ATTEMPT_WINDOW_S)
+    w = await ratelimit.hit(deps.redis, f"codes:ip:{ip_scope(ip)}", ATTEMPT_WINDOW_S)
     if w.count > limit:
         minutes = max(1, math.ceil(w.retry_after_ms / 60_000))
         raise ApiError(429, "code_rate_limited", "Too many attempts", attemptsRemaining=0,

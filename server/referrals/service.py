@@ -19,6 +19,7 @@ from server.accounts.sessions import BANNED_STATUSES, Principal
 from server.calls import state as calls_state
 from server.deps import Deps
 from server.errors import ApiError, bad_request, not_found, rate_limited
+from server.httpio import ip_scope
 from server.ids import user_uuid
 from server.presence import state as presence
 from server.referrals import store
@@ -77,7 +78,7 @@ async def generate(deps: Deps, principal: Principal, target_user_id: str) -> dic
 async def info(deps: Deps, ip: str | None, raw_code: str) -> dict[str, Any]:
     """Public: what the onboarding page shows to someone holding the link (README "Introductions":
     the target's name, gender and selfie, and the introducer's name; never ids, video or presence)."""
-    await _limit(deps, f"referral:info:{ip}", deps.settings.referral_lookups_per_minute, 60)
+    await _limit(deps, f"referral:info:{ip_scope(ip)}", deps.settings.referral_lookups_per_minute, 60)
     code = normalize(raw_code)
     ref = await store.resolve(deps.db, code) if code else None
     target = await store.live_user(deps.db, ref["target_user_id"]) if ref else None
