@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import io
-import uuid
 
 import asyncpg
 import segno
 
 from server.accounts.operators import OperatorError
+from server.ids import user_uuid
 from server.moderation import admin, audit, store
 
 
 async def _moderator(conn: asyncpg.Connection, ref: str) -> asyncpg.Record:
-    try:
-        row = await conn.fetchrow("SELECT id, name, email, role FROM users WHERE id = $1", uuid.UUID(ref))
-    except ValueError:
+    user_id = user_uuid(ref)
+    if user_id is not None:
+        row = await conn.fetchrow("SELECT id, name, email, role FROM users WHERE id = $1", user_id)
+    else:
         row = await conn.fetchrow("SELECT id, name, email, role FROM users WHERE email = $1", ref.strip().lower())
     if row is None:
         raise OperatorError(f"no user with id or email {ref!r}")

@@ -18,7 +18,7 @@ from server.accounts.profile import ms
 from server.accounts.sessions import require_user
 from server.deps import Deps, deps_of
 from server.errors import ApiError, bad_request, not_found, rate_limited
-from server.httpio import bearer_token, client_ip, read_json
+from server.httpio import bearer_token, client_ip, ip_scope, read_json
 from server.media.urls import media_url
 from server.moderation import admin, audit, service, store
 from server.moderation.authz import Moderator, require_moderator
@@ -119,7 +119,7 @@ async def report_user(request: web.Request) -> web.Response:
     principal = await require_user(request)  # banned reporters get 403 Account suspended
     deps = deps_of(request)
     ip = _ip(request)
-    w = await ratelimit.hit(deps.redis, f"report:ip:{ip}", 3600)
+    w = await ratelimit.hit(deps.redis, f"report:ip:{ip_scope(ip)}", 3600)
     if w.count > deps.settings.reports_per_ip_per_hour:
         raise rate_limited("Too many reports", w.retry_after_s, code="report_rate_limited",
                            message=f"Please wait {w.retry_after_s} seconds before reporting again.")

@@ -22,6 +22,7 @@ from server.accounts import access
 from server.calls import departures
 from server.deps import DEPS, Deps
 from server.errors import ApiError, bad_request, not_found
+from server.ids import user_uuid
 from server.moderation import admin, audit, ipbans, store
 from server.moderation.authz import Moderator
 
@@ -33,10 +34,8 @@ MAX_BAN_HOURS = 24 * 365
 
 
 def parse_uuid(value: Any) -> UUID | None:
-    try:
-        return UUID(str(value))
-    except ValueError:
-        return None
+    """Ids from clients in their one canonical spelling (server/ids.py), or None."""
+    return user_uuid(value)
 
 
 @dataclass(frozen=True)

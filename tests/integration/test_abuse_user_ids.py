@@ -42,3 +42,12 @@ async def test_another_users_id_in_every_spelling_is_that_user(client, db):
 async def test_near_ids_are_refused(client, db, bad):
     a = await make_user(client, db, "Alice")
     assert (await _generate(client, a["sessionToken"], bad))[0] == 400
+
+
+async def test_reporting_yourself_is_refused_in_every_spelling(client, db):
+    a = await make_user(client, db, "Alice")
+    for own in spellings(a["userId"]):
+        resp = await client.post("/report/user", json={"reportedUserId": own, "reason": "x"},
+                                 headers=auth(a["sessionToken"]))
+        assert resp.status == 400 and (await resp.json())["code"] == "self_report", own
+    assert await db.fetchval("SELECT count(*) FROM reports") == 0
