@@ -63,6 +63,20 @@ class Raw:
             return int(status_line.split()[1]), headers, parsed
         return await asyncio.wait_for(read(), within)
 
+    async def response_while_sending(self, data: bytes, every: float) -> tuple[int, dict[str, str], Any]:
+        """The response, while `data` keeps being sent every `every` seconds (a body that trickles)."""
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    await self.send(data)
+                    await asyncio.sleep(every)
+
+        task = asyncio.create_task(trickle())
+        try:
+            return await self.response()
+        finally:
+            task.cancel()
+
     def close(self) -> None:
         self.writer.close()
 
@@ -106,17 +120,7 @@ async def test_chunked_body_that_never_ends_is_answered_408(client, db):
     async with raw(client) as conn:
         await conn.head("POST", "/auth/guest", {**JSON, "Transfer-Encoding": "chunked"})
 
-        async def trickle() -> None:  # a byte at a time, never the final chunk
-            with contextlib.suppress(ConnectionError):
-                while True:
-                    await conn.send(b"1\r\n \r\n")
-                    await asyncio.sleep(0.05)
-
-        task = asyncio.create_task(trickle())
-        try:
-            status, _, body = await conn.response()
-        finally:
-            task.cancel()
+        status, _, body = await conn.response_while_sending(b"1\r\n \r\n", 0.05)  # never the final chunk
         assert status == 408 and body["code"] == "body_timeout"
     assert await db.fetchval("SELECT count(*) FROM users") == 0
 
@@ -169,18 +173,9 @@ async def test_trickling_upload_ends_at_the_upload_deadline(client, settings):
         await conn.head("POST", "/media/selfie", _multipart_head(token, 500_000))
         await conn.send(PART_HEAD + JPEG_HEAD)
 
-        async def trickle() -> None:  # never idle for IDLE_S, so only the total deadline can end it
-            with contextlib.suppress(ConnectionError):
-                while True:
-                    await conn.send(b"\x00" * 16)
-                    await asyncio.sleep(IDLE_S / 5)
-
         started = time.monotonic()
-        task = asyncio.create_task(trickle())
-        try:
-            status, _, body = await conn.response()
-        finally:
-            task.cancel()
+        # Never idle for IDLE_S, so only the total deadline can end it.
+        status, _, body = await conn.response_while_sending(b"\x00" * 16, IDLE_S / 5)
         assert status == 408 and body["code"] == "body_timeout"
         assert time.monotonic() - started >= UPLOAD_MAX_S - 0.5  # the deadline, not the idle gap, ended it
     await _held(settings, user_id, 0)
