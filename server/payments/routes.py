@@ -9,7 +9,7 @@ from aiohttp import web
 from server.accounts.sessions import require_user
 from server.deps import DEPS, deps_of
 from server.errors import bad_request
-from server.httpio import client_ip, read_json
+from server.httpio import client_ip, read_body, read_json
 from server.moderation.authz import require_moderator
 from server.payments import codes, qr, reconcile, service, store
 from server.payments.stripe_api import StripeApi
@@ -59,7 +59,7 @@ async def create_checkout(request: web.Request) -> web.Response:
 @routes.post("/payment/webhook")
 async def webhook(request: web.Request) -> web.Response:
     api = request.app[STRIPE]
-    payload = await request.read()  # the raw bytes Stripe signed
+    payload = await read_body(request)  # the raw bytes Stripe signed (bounded in size and time)
     try:
         event = api.verify_event(payload, request.headers.get("Stripe-Signature"))
     except ValueError:

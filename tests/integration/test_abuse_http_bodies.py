@@ -116,6 +116,14 @@ async def test_lying_content_length_is_answered_408_and_closed(client, db):
     assert await db.fetchval("SELECT count(*) FROM users") == 0
 
 
+async def test_webhook_body_is_bounded_in_time_too(client, db):
+    async with raw(client) as conn:
+        await conn.head("POST", "/payment/webhook", {**JSON, "Content-Length": "1000", "Stripe-Signature": "t=1"})
+        await conn.send(b'{"id": "evt_1"')
+        status, _, body = await conn.response()
+    assert status == 408 and body["code"] == "body_timeout"
+
+
 async def test_chunked_body_that_never_ends_is_answered_408(client, db):
     async with raw(client) as conn:
         await conn.head("POST", "/auth/guest", {**JSON, "Transfer-Encoding": "chunked"})
