@@ -5,8 +5,8 @@ PYTEST_ARGS ?=
 
 .PHONY: run test lint bench stack-down
 
-# `make run` is a local trial: Stripe is not configured locally, so nobody could pay. Everyone who
-# signs up gets into the queue unless you run `REQUIRE_PAYMENT=true make run`.
+# `make run` is a local trial: everyone who signs up gets into the queue, unless you run
+# `REQUIRE_PAYMENT=true make run` (then people pay in the local Stripe emulator it starts).
 run: export REQUIRE_PAYMENT ?= false
 run:  ## install what is missing, start the local stack, serve on http://127.0.0.1:8080
 	@deploy/bootstrap.sh run

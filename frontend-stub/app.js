@@ -44,12 +44,13 @@
   };
   window.__napalm = state;
   // Hooks for the screen modules (intro.js, account.js): they add to this page without reaching into it.
-  window.__napalmStub = { api: (...a) => api(...a), toast: (...a) => toast(...a), invite: (u) => invite(u), signOut: (m) => clearSession(m) };
+  window.__napalmStub = { api: (...a) => api(...a), toast: (...a) => toast(...a), invite: (u) => invite(u), signOut: (m) => clearSession(m),
+                          show: (v) => show(v), signedIn: (me) => signedIn(me) };
   const hook = (name, detail) => window.dispatchEvent(new CustomEvent(`napalm:${name}`, { detail }));
 
   // ---------------------------------------------------------------- helpers
   function show(view) {
-    for (const v of ["signup", "lobby", "call", "ended"]) $(`view-${v}`).hidden = v !== view;
+    for (const v of ["signup", "paywall", "lobby", "call", "ended"]) $(`view-${v}`).hidden = v !== view;
     state.view = view;
     const heading = $(`view-${view}`).querySelector("h2");
     if (heading) { heading.tabIndex = -1; heading.focus({ preventScroll: true }); }
@@ -136,7 +137,8 @@
     try {
       const name = $("signup-name").value.trim();
       const gender = $("signup-gender").value;
-      const res = await api("/auth/guest", { method: "POST", body: { name, gender, referralCode: params.get("ref") || undefined } });
+      const extras = window.__napalmPaywall ? window.__napalmPaywall.signupExtras() : {};  // paywall.js: inviteCode
+      const res = await api("/auth/guest", { method: "POST", body: { name, gender, referralCode: params.get("ref") || undefined, ...extras } });
       if (!res.ok) { $("signup-error").textContent = res.data.error || `Sign-up failed (${res.status})`; return; }
       saveSession({ sessionToken: res.data.sessionToken, userId: res.data.userId, accountType: res.data.accountType });
       const me = await api("/user/me");
@@ -154,6 +156,7 @@
     $("whoami").textContent = `Signed in as ${me.name || "guest"}`;
     $("whoami").hidden = false; $("logout").hidden = false;
     $("profile-setup").hidden = Boolean(me.selfieUrl && me.videoUrl);
+    if (window.__napalmPaywall && window.__napalmPaywall.gate(me)) return;  // paywall.js: no access yet
     connectSocket();
     enterLobby();
     hook("signedin", me);
@@ -795,5 +798,6 @@
     return out;
   };
 
-  boot();
+  // After the deferred ES modules (paywall.js must be able to gate the first signedIn).
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", boot); else boot();
 })();

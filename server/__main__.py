@@ -113,20 +113,38 @@ def cmd_run(settings: Settings) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
+    emulator = None
     try:
         applied = asyncio.run(_prepare(settings))
         ensure_bucket(settings)
+        if not settings.stripe_secret_key:  # no Stripe account: the local emulator takes its place
+            emulator, settings = _start_stripe_emulator(settings)
         print(f"\nlocal stack ready in {time.monotonic() - t0:.1f}s (data in {STACK_DIR}, logs in {STACK_DIR}/logs)")
         _print_stack(stack)
         print(f"  migrations applied now: {', '.join(applied) or 'none (up to date)'}")
+        if emulator is not None:
+            print(f"  stripe    {emulator.url}  local emulator: checkout pages, signed webhooks; no money moves")
         print(f"  app       http://127.0.0.1:{settings.port}   (health: /health, readiness: /ready)")
         print("Ctrl-C stops the app and every service this run started.\n", flush=True)
         cmd_serve(settings, None, None)
     except KeyboardInterrupt:
         pass
     finally:
+        if emulator is not None:
+            emulator.stop()
         stack.down(started)
         print(f"stopped: {', '.join(started) or 'nothing (services were already running before this run)'}")
+
+
+def _start_stripe_emulator(settings: Settings):  # type: ignore[no-untyped-def]
+    from server.payments.emulator import EmulatorProcess
+
+    secret, webhook_secret = "sk_test_local_emulator", "whsec_local_emulator"
+    emulator = EmulatorProcess(settings.stripe_emulator_port, secret, webhook_secret,
+                               [f"http://127.0.0.1:{settings.port}/payment/webhook"],
+                               STACK_DIR / "logs" / "stripe-emulator.log").start()
+    return emulator, settings.with_(stripe_secret_key=secret, stripe_webhook_secret=webhook_secret,
+                                    stripe_api_base=emulator.url)
 
 
 def cmd_user(settings: Settings, action: str, ref: str, role: str | None) -> int:

@@ -70,7 +70,7 @@ class Settings:
     # Payments and access (issue 8). With no STRIPE_SECRET_KEY, `python -m server run` starts the local
     # Stripe emulator on this port and points the three settings above at it.
     stripe_emulator_port: int = 12111
-    stripe_lookup_interval_seconds: float = 2.0  # /payment/status asks Stripe about an open session this often
+    stripe_lookup_interval_seconds: float = 2.0  # /payment/status asks Stripe about an open session; 0 = never
     payment_reconcile_interval_seconds: float = 300.0  # 0 = no periodic reconciliation
     payment_reconcile_window_hours: int = 48
 

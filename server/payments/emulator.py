@@ -123,6 +123,7 @@ class State:
     events: dict[str, dict[str, Any]] = field(default_factory=dict)
     deliveries: list[dict[str, Any]] = field(default_factory=list)
     held: list[dict[str, Any]] = field(default_factory=list)
+    api_calls: list[str] = field(default_factory=list)  # "GET /v1/...", for tests that count lookups
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     http: aiohttp.ClientSession | None = None
 
@@ -303,6 +304,7 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         if request.path.startswith("/v1/"):
             st = request.app[STATE]
+            st.api_calls.append(f"{request.method} {request.path}")
             auth = request.headers.get("Authorization", "")
             if not hmac.compare_digest(auth, f"Bearer {st.secret_key}"):
                 raise StripeError(401, "Invalid API Key provided", kind="invalid_request_error")
@@ -480,6 +482,7 @@ async def reset(request: web.Request) -> web.Response:
     st.events.clear()
     st.deliveries.clear()
     st.held.clear()
+    st.api_calls.clear()
     return web.json_response({"ok": True})
 
 
@@ -496,7 +499,8 @@ async def flush(request: web.Request) -> web.Response:
 async def list_events(request: web.Request) -> web.Response:
     st = request.app[STATE]
     return web.json_response({"events": list(st.events.values()), "deliveries": st.deliveries,
-                              "held": [e["id"] for e in st.held], "pending_tasks": len(st.tasks)})
+                              "held": [e["id"] for e in st.held], "pending_tasks": len(st.tasks),
+                              "api_calls": st.api_calls})
 
 
 async def resend(request: web.Request) -> web.Response:

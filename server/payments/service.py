@@ -31,6 +31,7 @@ log = structlog.get_logger(__name__)
 
 OPEN_SESSION_MAX_AGE = timedelta(hours=24)  # Stripe expires Checkout Sessions after 24 h at most
 PAID_STATES = ("paid", "no_payment_required")
+REUSE_OPEN_SESSION = timedelta(hours=1)
 
 
 # ---- status ----
@@ -71,7 +72,7 @@ async def lookup_open_session(deps: Deps, api: StripeApi, user_id: UUID) -> bool
     if sid is None:
         return False
     interval_ms = int(deps.settings.stripe_lookup_interval_seconds * 1000)
-    if interval_ms > 0 and not await deps.redis.set(f"pay:lookup:{user_id}", "1", px=interval_ms, nx=True):
+    if interval_ms <= 0 or not await deps.redis.set(f"pay:lookup:{user_id}", "1", px=interval_ms, nx=True):
         return False
     try:
         session = await api.retrieve_checkout(sid)
@@ -90,8 +91,12 @@ async def create_checkout(deps: Deps, api: StripeApi, user_id: UUID) -> dict[str
         raise not_found("User not found")
     if user["paid_status"] in ("paid", "qr_verified"):  # grace-period users may pay
         raise bad_request("You have already verified access", code="already_verified")
-    # One key per user and attempt: a double click or a retried request reuses the same session.
-    attempt = await store.count_payments(deps.db, user_id) + 1
+    # A double click, the back button or a second tab: the same open session. Requests racing past this
+    # read share one idempotency key (per user and attempt), so Stripe returns them the same session too.
+    recent = await store.reusable_payment(deps.db, user_id, datetime.now(UTC) - REUSE_OPEN_SESSION)
+    if recent is not None:
+        return {"checkoutUrl": recent["checkout_url"], "sessionId": recent["stripe_checkout_session_id"]}
+    attempt = await store.count_settled_payments(deps.db, user_id) + 1  # a new attempt once one is settled
     key = f"checkout-{user_id}-{attempt}"
     frontend = s.frontend_url.rstrip("/")  # never the request's Origin (D19)
     params = {

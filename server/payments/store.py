@@ -152,8 +152,9 @@ async def withdraw_paid(conn: asyncpg.Connection, user_id: UUID) -> str | None:
 
 # ---- payments (one row per Checkout Session) ----
 
-async def count_payments(conn: Conn, user_id: UUID) -> int:
-    return int(await conn.fetchval("SELECT count(*) FROM payments WHERE user_id = $1", user_id))
+async def count_settled_payments(conn: Conn, user_id: UUID) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM payments WHERE user_id = $1 AND status <> 'pending'",
+                                   user_id))
 
 
 async def insert_payment(conn: Conn, user_id: UUID, session_id: str, url: str | None, amount: int, currency: str,
@@ -237,6 +238,16 @@ async def open_payment(conn: Conn, user_id: UUID, since: datetime) -> str | None
         user_id, since,
     )
     return sid
+
+
+async def reusable_payment(conn: Conn, user_id: UUID, since: datetime) -> asyncpg.Record | None:
+    """The user's recent Checkout Session that nobody has paid, expired or failed yet."""
+    return await conn.fetchrow(
+        """SELECT stripe_checkout_session_id, checkout_url FROM payments
+           WHERE user_id = $1 AND status = 'pending' AND checkout_url IS NOT NULL AND created_at >= $2
+           ORDER BY created_at DESC LIMIT 1""",
+        user_id, since,
+    )
 
 
 async def payment_statuses(conn: Conn, session_ids: list[str]) -> dict[str, str]:

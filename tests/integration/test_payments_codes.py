@@ -177,8 +177,8 @@ async def test_concurrent_guest_signups_with_one_code(client, db):
 
 
 async def test_one_user_redeeming_two_codes_at_once_gets_in_once(client, db):
-    await insert_code(db, CODE, uses=4)
-    await insert_code(db, OTHER, uses=4)
+    await insert_code(db, CODE, uses=10)
+    await insert_code(db, OTHER, uses=10)
     for _ in range(5):  # a few rounds: the interleaving differs from run to run
         user = await guest(client)
         results = await asyncio.gather(*(post(client, "/payment/apply-code", {"inviteCode": c}, user["sessionToken"])
@@ -187,7 +187,7 @@ async def test_one_user_redeeming_two_codes_at_once_gets_in_once(client, db):
         assert [b["error"] for s, b in results if s == 400] == ["You already have access"]
         assert await db.fetchval("SELECT count(*) FROM invite_code_redemptions WHERE user_id = $1",
                                  uuid.UUID(user["userId"])) == 1
-    assert await db.fetchval("SELECT sum(4 - uses_remaining) FROM invite_codes") == 5
+    assert await db.fetchval("SELECT sum(10 - uses_remaining) FROM invite_codes") == 5
 
 
 # ---- status and the paywall switch ----
