@@ -5,7 +5,9 @@ gets in with that code on the paywall. Screenshots go to test-artifacts/browser/
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,8 +43,16 @@ async def signup(page: Any, name: str) -> str:
     await page.wait_for_selector("#view-signup:not([hidden])")
     await page.fill("#signup-name", name)
     await page.click("#signup-submit")
-    await page.wait_for_function("window.__napalm.session && window.__napalm.session.userId")
+    await page.wait_for_selector("#view-paywall:not([hidden]), #view-lobby:not([hidden])")
     return await page.evaluate("window.__napalm.session.userId")
+
+
+async def until(page: Any, expression: str, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    """Poll an expression (the stub's CSP forbids the eval behind Playwright's wait_for_function)."""
+    end = time.monotonic() + timeout
+    while not await page.evaluate(expression):
+        assert time.monotonic() < end, f"not true within {timeout}s: {expression}"
+        await asyncio.sleep(0.1)
 
 
 async def test_pay_in_the_local_checkout_then_a_friend_uses_the_code(node: Node, stripe_emulator: Any,
@@ -81,7 +91,7 @@ async def test_pay_in_the_local_checkout_then_a_friend_uses_the_code(node: Node,
             await page.wait_for_selector("#my-code:not([hidden])")
             code = (await page.inner_text("#my-code-text")).strip()
             assert len(code) == 16 and (await page.inner_text("#my-code-uses")).strip() == "4"
-            await page.wait_for_function("document.getElementById('my-code-qr').naturalWidth > 0")
+            await until(page, "document.getElementById('my-code-qr').naturalWidth > 0")
             await page.screenshot(path=str(out / "stub_paid_lobby_with_code.png"), full_page=True)
             assert "pageerror" not in log.tail(200), log.tail()
 
@@ -91,8 +101,7 @@ async def test_pay_in_the_local_checkout_then_a_friend_uses_the_code(node: Node,
             await page.wait_for_selector("#view-paywall:not([hidden])")
             await page.fill("#paywall-code", "WRONGWRONGWRONG1")
             await page.click("#paywall-code-submit")
-            await page.wait_for_function("document.getElementById('paywall-error').textContent.length > 0")
-            assert await page.inner_text("#paywall-error") == "Invalid invite code"
+            await page.locator("#paywall-error", has_text="Invalid invite code").wait_for()
             await page.fill("#paywall-code", code.lower())
             await page.click("#paywall-code-submit")
             await page.wait_for_selector("#view-lobby:not([hidden])", timeout=10_000)
