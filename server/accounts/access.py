@@ -8,6 +8,7 @@ access for live sockets (the realtime core) invalidates it there; HTTP routes re
 from __future__ import annotations
 
 from server.deps import Deps
+from server.ops import metrics
 
 ACCESS_STATUSES = ("paid", "qr_verified", "qr_grace_period")
 
@@ -22,6 +23,7 @@ async def changed(deps: Deps, user_id: str, reason: str) -> None:
     """Called after a committed change of user_id's paid status, role or ban. Nothing caches access
     yet (every realtime check reads Postgres), so there is nothing to invalidate; the realtime core
     hooks its per-socket cache invalidation in here."""
+    metrics.access_changed(reason)  # bans, payments, codes, QR unlocks for /metrics
     del deps, user_id, reason
 
 

@@ -54,8 +54,12 @@ RELAY_LATENCY = Histogram("napalm_signal_relay_seconds", "Server-side latency of
 TIMER_LAG = Histogram("napalm_timer_lag_seconds", "How late a timer fired (fired - due)", ["kind"],
                       buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0))
 # ---- money and moderation (called by those domains) ----
-BANS = Counter("napalm_bans_total", "Bans applied", ["source"])
-PAYMENTS = Counter("napalm_payments_total", "Payment state changes by outcome", ["outcome"])
+BANS = Counter("napalm_bans_total", "Bans applied")
+PAYMENTS = Counter("napalm_payments_total", "Access changes from payments by outcome (paid, refunded, disputed)",
+                   ["outcome"])
+ACCESS_CHANGES = Counter("napalm_access_changes_total", "Committed access changes (accounts/access.changed) by reason",
+                         ["reason"])
+_PAYMENT_REASONS = frozenset({"paid", "refunded", "disputed"})
 DRAIN_EVENTS = Counter("napalm_drain_disconnects_total", "Sockets handed over by a graceful drain")
 
 _STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
@@ -89,6 +93,15 @@ async def http_metrics(request: web.Request, handler: Any) -> web.StreamResponse
             # A websocket "request" lasts as long as the socket: keep it out of the latency histogram.
             HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
         HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+
+
+def access_changed(reason: str) -> None:
+    """Counted at the one place every domain reports a committed ban, payment, code or QR unlock."""
+    ACCESS_CHANGES.labels(reason).inc()
+    if reason == "ban":
+        BANS.inc()
+    elif reason in _PAYMENT_REASONS:
+        PAYMENTS.labels(reason).inc()
 
 
 def observe_pg(record: Any) -> None:

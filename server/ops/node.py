@@ -42,12 +42,6 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
 
 async def _expose_node_state(app: web.Application) -> None:
     metrics.NODE_STATE.source = lambda: node_values(app)
-    sio = app[DEPS].sio
-    if sio is not None and not sio.manager_initialized:
-        # python-socketio starts the pub/sub listener at the first connection; start it now so /ready
-        # can vouch for it from the beginning.
-        sio.manager_initialized = True
-        sio.manager.initialize()
 
 
 def node_values(app: web.Application) -> dict[str, float]:
@@ -72,6 +66,8 @@ async def pubsub_probe(deps: Deps) -> str:
     channel = getattr(manager, "channel", None)
     if manager is None or channel is None:
         return "ok"  # a single-node manager has no listener to lose
+    if not deps.sio.manager_initialized:
+        return "ok"  # python-socketio starts the listener with the first socket: nothing to deliver to yet
     thread = getattr(manager, "thread", None)
     if thread is None or thread.done():
         return "error: listener not running"

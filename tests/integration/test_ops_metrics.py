@@ -101,8 +101,12 @@ async def test_metrics_without_a_token_are_not_on_the_main_port(settings, aiohtt
     assert resp.status == 404
 
 
-async def test_ready_fails_when_the_pubsub_listener_dies(client):
-    assert (await client.get("/ready")).status == 200
+async def test_ready_fails_when_the_pubsub_listener_dies(client, db):
+    user = await make_user(client, db, "Listener")
+    peer = await Peer(str(client.make_url("/")), user["sessionToken"], user["userId"]).connect()
+    await peer.close()  # the first socket started the node's pub/sub listener
+    resp = await client.get("/ready")
+    assert resp.status == 200 and (await resp.json())["checks"]["pubsub"] == "ok"
     listener = client.app[DEPS].sio.manager.thread
     listener.cancel()  # dies without a word, like a listener stuck after a network fault
     await asyncio.gather(listener, return_exceptions=True)
@@ -167,3 +171,23 @@ def test_node_id_is_unique_per_start():
     a, b = Settings(), Settings()
     assert a.node_id != b.node_id
     assert Settings.from_env({"NODE_ID": "pinned"}).node_id == "pinned"
+
+
+async def test_bans_and_payments_are_counted_where_every_domain_reports_access_changes(client, db, metrics_port):
+    from server.accounts import access
+
+    user = await make_user(client, db, "Counted")
+    before = await scrape(metrics_port)
+    deps = client.app[DEPS]
+    for reason in ("paid", "ban", "refunded", "invite_code"):
+        await access.changed(deps, user["userId"], reason)
+    after = await scrape(metrics_port)
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert delta("napalm_bans_total") == 1
+    assert delta("napalm_payments_total", outcome="paid") == 1
+    assert delta("napalm_payments_total", outcome="refunded") == 1
+    assert delta("napalm_payments_total") == 2
+    assert delta("napalm_access_changes_total", reason="invite_code") == 1
