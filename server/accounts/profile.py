@@ -61,6 +61,7 @@ async def me(deps: Deps, user: asyncpg.Record) -> dict[str, Any]:
         "streakDays": streak_days(days),
         "paidStatus": reported_status(deps, user["paid_status"]),
         "accountPaidStatus": user["paid_status"],
+        "paywall": deps.settings.require_payment,
         "hasAccess": has_access(deps, user["paid_status"]),
         "qrUnlocked": user["qr_unlocked_at"] is not None,
         "successfulSessions": user["successful_sessions"],

@@ -178,7 +178,7 @@ async def test_ready_is_503_on_an_empty_database(fresh_db, base_settings, ops_ap
     resp = await client.get("/ready")
     assert resp.status == 503
     body = await resp.json()
-    assert body == {"status": "not_ready", "checks": {"postgres": "ok", "redis": "ok",
+    assert body == {"status": "not_ready", "checks": {"postgres": "ok", "redis": "ok", "pubsub": "ok",
                                                       "migrations": "pending: " + ", ".join(ALL)}}
     assert (await client.get("/health")).status == 200  # liveness does not depend on the schema
     await migrate(dsn)
