@@ -14,7 +14,7 @@ Hosted page: GET /c/pay/{id} with Pay / Cancel buttons; Pay redirects to success
 {CHECKOUT_SESSION_ID} filled in), Cancel to cancel_url.
 Webhooks: `Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.payload">`, retried on failure.
 Test switches (JSON, under /_emulator/): config {webhook_urls, duplicates, concurrent, delay_ms, drop,
-hold, retries, retry_delay_ms}, reset, flush {order: fifo|reverse}, events, events/{id}/resend
+hold, retries, retry_delay_ms}, reset, flush {order: fifo|reverse, concurrent}, events, events/{id}/resend
 {times, concurrent}, sessions/{id}/pay {async}, sessions/{id}/settle {succeed},
 sessions/{id}/refund {amount}, sessions/{id}/dispute.
 """
@@ -492,7 +492,10 @@ async def flush(request: web.Request) -> web.Response:
     events, st.held = st.held, []
     if data.get("order", "fifo") == "reverse":
         events.reverse()
-    statuses = [await _deliver(st, e) for e in events]
+    if data.get("concurrent"):  # every held event at the same moment
+        statuses = list(await asyncio.gather(*(_deliver(st, e) for e in events)))
+    else:
+        statuses = [await _deliver(st, e) for e in events]
     return web.json_response({"delivered": [e["id"] for e in events], "statuses": statuses})
 
 
@@ -537,7 +540,8 @@ async def health(_request: web.Request) -> web.Response:
 
 async def _lifetime(app: web.Application) -> Any:
     st = app[STATE]
-    st.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+    # No client-side connection cap: Stripe does not queue deliveries behind each other either.
+    st.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), connector=aiohttp.TCPConnector(limit=0))
     yield
     for task in list(st.tasks):
         task.cancel()

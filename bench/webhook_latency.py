@@ -1,0 +1,164 @@
+"""Stripe webhook handling latency under 200 concurrent deliveries (issue 8's note).
+
+Starts a throwaway local stack on free ports, the local Stripe emulator and one
+`python -m server serve` node (REQUIRE_PAYMENT=true, pointed at the emulator). Then:
+  1. N users each open a Checkout Session and pay it; the emulator holds the N
+     `checkout.session.completed` events and delivers them all at the same moment (N distinct grants);
+  2. one of those events is replayed N times at once (the dedupe path).
+Latency is each delivery's HTTP round trip as the emulator (Stripe's side) sees it: signature check,
+the grant transaction (event claim, payment row, user, own code, audit) and the response.
+
+    .venv/bin/python bench/webhook_latency.py [--n 200]
+
+Only loopback traffic; bounded in count and time. Everything it starts it stops again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from server.payments.emulator import EmulatorProcess  # noqa: E402
+from server.settings import Settings  # noqa: E402
+from server.stack import Stack, free_port  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def summary(label: str, ms: list[float], wall: float) -> str:
+    return (f"  {label:<34} n={len(ms):<4} p50 {pct(ms, 50):7.1f} ms   p99 {pct(ms, 99):7.1f} ms   "
+            f"max {max(ms):7.1f} ms   mean {statistics.mean(ms):7.1f} ms   wall {wall:5.2f} s")
+
+
+async def wait_ready(base: str, proc: subprocess.Popen[bytes], limit_s: float = 30) -> None:
+    deadline = time.monotonic() + limit_s
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            try:
+                async with http.get(f"{base}/ready") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError("server did not become ready")
+
+
+async def ctl(http: aiohttp.ClientSession, em: str, path: str, body: dict[str, Any] | None = None,
+              method: str = "POST") -> Any:
+    async with http.request(method, f"{em}/_emulator/{path}", json=body) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def bench(base: str, em: str, dsn: str, n: int) -> None:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as http:
+        await ctl(http, em, "config", {"webhook_urls": [f"{base}/payment/webhook"], "hold": True})
+        sessions = []
+        for i in range(n):
+            async with http.post(f"{base}/auth/guest", json={"name": f"Payer {i}", "gender": "unspecified"}) as r:
+                assert r.status == 200, await r.text()
+                token = (await r.json())["sessionToken"]
+            async with http.post(f"{base}/payment/create-checkout", headers={"Authorization": f"Bearer {token}"}) as r:
+                assert r.status == 200, await r.text()
+                sessions.append((await r.json())["sessionId"])
+        for sid in sessions:
+            await ctl(http, em, f"sessions/{sid}/pay", {})
+        await ctl(http, em, "config", {"hold": False})
+        state = await ctl(http, em, "events", method="GET")
+        assert len(state["held"]) == n
+
+        t0 = time.monotonic()
+        flushed = await ctl(http, em, "flush", {"concurrent": True})
+        wall_grants = time.monotonic() - t0
+        state = await ctl(http, em, "events", method="GET")
+        grants = [d for d in state["deliveries"] if d["event"] in set(flushed["delivered"])]
+        assert all(d["status"] == 200 for d in grants), [d for d in grants if d["status"] != 200][:3]
+
+        replay = flushed["delivered"][0]
+        before = len(state["deliveries"])
+        t0 = time.monotonic()
+        async with http.post(f"{em}/_emulator/events/{replay}/resend", json={"times": n, "concurrent": True}) as r:
+            statuses = (await r.json())["statuses"]
+        wall_replays = time.monotonic() - t0
+        assert statuses == [200] * n, statuses[:5]
+        state = await ctl(http, em, "events", method="GET")
+        replays = state["deliveries"][before:]
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        paid = await conn.fetchval("SELECT count(*) FROM users WHERE paid_status = 'paid'")
+        codes = await conn.fetchval("SELECT count(*) FROM invite_codes WHERE owner_user_id IS NOT NULL")
+        granted = await conn.fetchval("SELECT count(*) FROM audit_log WHERE action = 'payment_completed'")
+    finally:
+        await conn.close()
+    print(f"webhook handling latency, one node, {n} concurrent deliveries (emulator-side HTTP round trip)")
+    print(summary(f"{n} distinct completed events", [d["ms"] for d in grants], wall_grants))
+    print(summary(f"{n} replays of one event", [d["ms"] for d in replays], wall_replays))
+    print(f"  after both: {paid} paid users, {granted} grants, {codes} own invite codes (expected {n} each)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=200)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="napalm-bench-"))
+    base_port = 24000 + (os.getpid() % 20) * 200
+    stack = Stack(root=root, ports={n: free_port() for n in ("postgres", "redis", "s3", "turn")}, durable=False,
+                  relay_ports=(base_port, base_port + 199))
+    server: subprocess.Popen[bytes] | None = None
+    emulator: EmulatorProcess | None = None
+    try:
+        stack.up()
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        emulator = EmulatorProcess(free_port(), "sk_test_bench", "whsec_bench", [], root / "emulator.log").start()
+        env = {**os.environ, **stack.env(), "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
+               "REQUIRE_PAYMENT": "true", "STRIPE_SECRET_KEY": "sk_test_bench", "STRIPE_WEBHOOK_SECRET": "whsec_bench",
+               "STRIPE_API_BASE": emulator.url, "FRONTEND_URL": base, "PUBLIC_URL": base,
+               "GUEST_SIGNUPS_PER_IP_PER_HOUR": "100000", "PAYMENT_RECONCILE_INTERVAL_SECONDS": "0"}
+        settings = Settings.from_env(env)
+        from server.__main__ import _prepare, ensure_bucket
+
+        asyncio.run(_prepare(settings))
+        ensure_bucket(settings)
+        server = subprocess.Popen([sys.executable, "-m", "server", "serve", "--port", str(port)], cwd=REPO, env=env,
+                                  stdout=open(root / "server.log", "wb"), stderr=subprocess.STDOUT)
+        asyncio.run(wait_ready(base, server))
+        asyncio.run(bench(base, emulator.url, settings.database_url, args.n))
+    finally:
+        if server is not None and server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        if emulator is not None:
+            emulator.stop()
+        stack.down()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
