@@ -36,7 +36,7 @@ async def test_unknown_route_is_404_json(client, method, path):
 @pytest.mark.parametrize("method,path,allowed", [
     ("GET", "/auth/guest", "POST"),
     ("PUT", "/auth/login", "POST"),
-    ("DELETE", "/user/me", "GET"),
+    ("DELETE", "/stats/live", "GET"),
     ("POST", "/health", "GET"),
     ("PATCH", "/auth/session", "GET"),
 ])
