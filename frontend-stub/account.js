@@ -2,15 +2,9 @@
 // holds about you (GET /user/me/export) and delete the account (DELETE /user/me; a permanent account
 // confirms with its password). Hooks: window.__napalmStub and the napalm:* events of app.js.
 
-const stub = window.__napalmStub;
-const $ = (id) => document.getElementById(id);
+import { $, el } from "./ui.js";
 
-function el(tag, attrs = {}, text) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
+const stub = window.__napalmStub;
 
 const toggle = el("button", { id: "account-open", type: "button", class: "link", "aria-expanded": "false",
   "aria-controls": "account-panel" }, "Account");

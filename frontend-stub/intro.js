@@ -4,16 +4,10 @@
 // Everything is built with textContent (names are user input). Hooks: window.__napalmStub and the
 // napalm:* events of app.js.
 
+import { $, el } from "./ui.js";
+
 const stub = window.__napalmStub;
 const params = new URLSearchParams(location.search);
-const $ = (id) => document.getElementById(id);
-
-function el(tag, attrs = {}, text) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
 
 // ---------------------------------------------------------------- page parts
 const banner = el("div", { id: "intro-banner", class: "notice", role: "status" });

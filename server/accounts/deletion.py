@@ -28,7 +28,7 @@ import structlog
 from aiohttp import web
 
 from server import ratelimit
-from server.accounts import passwords, store
+from server.accounts import access, passwords, store
 from server.accounts.sessions import Principal
 from server.calls import departures
 from server.deps import DEPS, Deps
@@ -113,6 +113,7 @@ async def run(deps: Deps, user_id: UUID) -> bool:
         with contextlib.suppress(Exception):
             await store.release_deletion(deps.db, user_id, repr(exc))
         return False
+    await access.changed(deps, str(user_id), "account_deleted")  # its role is gone with the account
     log.warning("account_deleted", user_id=str(user_id))
     return True
 

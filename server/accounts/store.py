@@ -31,7 +31,7 @@ async def get_user(conn: Conn, user_id: UUID) -> asyncpg.Record | None:
 async def find_login(conn: Conn, email: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         f"""SELECT {USER_COLUMNS}, u.password_hash, b.review_status
-            FROM users u LEFT JOIN ban_records b ON b.user_id = u.id WHERE u.email = $1""",
+            FROM users u LEFT JOIN ban_records b ON b.user_id = u.id WHERE u.email = $1 AND u.deleted_at IS NULL""",
         email,
     )
 

@@ -15,7 +15,9 @@ async def swap_key(pool: asyncpg.Pool, user_id: UUID, column: str, key: str) -> 
     if column not in _COLUMNS:
         raise ValueError(column)
     async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(f"SELECT {column} AS key FROM users WHERE id = $1 FOR UPDATE", user_id)
+        # A deleted account takes no new media (an upload that was in flight when it was deleted).
+        row = await conn.fetchrow(f"SELECT {column} AS key FROM users WHERE id = $1 AND deleted_at IS NULL FOR UPDATE",
+                                  user_id)
         if row is None:
             return False, None
         await conn.execute(f"UPDATE users SET {column} = $2, updated_at = now() WHERE id = $1", user_id, key)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from test_media_samples import JPEG_HEAD, WEBM_HEAD, form, pending_multipart, sample, user_objects
@@ -207,3 +208,39 @@ async def test_bad_bodies_are_400_and_change_nothing(client, db, body):
                                                                 "Content-Type": "application/json"})
     assert resp.status == 400
     assert (await client.get("/user/me", headers=auth(a["sessionToken"]))).status == 200
+
+
+@pytest.mark.parametrize("first_chunk", [128 * 1024, 6 * 1024 * 1024], ids=["one-put", "multipart"])
+async def test_an_upload_in_flight_when_the_account_is_deleted_leaves_nothing(client, db, s3, settings, first_chunk):
+    a = await guest(client, name="Ada")
+    gate = asyncio.Event()
+
+    async def body():
+        yield WEBM_HEAD + bytes(first_chunk)  # 6 MB: past one S3 part, so a multipart upload is open
+        await gate.wait()
+        yield bytes(64 * 1024)
+
+    mp = aiohttp.MultipartWriter("form-data")
+    part = mp.append(aiohttp.payload.AsyncIterablePayload(body()), {"Content-Type": "video/webm"})
+    part.set_content_disposition("form-data", name="video", filename="intro.webm")
+    upload = asyncio.create_task(client.post("/media/video", data=mp, headers=auth(a["sessionToken"])))
+    r = aioredis.from_url(settings.redis_url)
+    try:
+        for _ in range(200):  # the upload was authenticated (it counted against the upload rate)
+            if await r.exists(f"rl:media:{a['userId']}") and (
+                    first_chunk < 5 * 1024 * 1024 or pending_multipart(s3, settings.s3_bucket, a["userId"])):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the upload never started")
+    finally:
+        await r.aclose()
+    status, body_ = await _delete(client, a["sessionToken"])
+    assert status == 200 and body_["complete"] is True
+    gate.set()
+    resp = await upload
+    # Refused, never stored: the object it wrote is removed (401) or its multipart upload was aborted (503).
+    assert resp.status == (401 if first_chunk < 5 * 1024 * 1024 else 503), await resp.text()
+    assert user_objects(s3, settings.s3_bucket, a["userId"]) == []
+    assert pending_multipart(s3, settings.s3_bucket, a["userId"]) == []
+    assert await db.fetchval("SELECT video_key FROM users WHERE id = $1", uuid.UUID(a["userId"])) is None

@@ -55,6 +55,9 @@ async def test_a_deletion_cut_short_by_a_crash_is_completed_by_another_node(
     # This app must not finish the job before the crash: its retry loop is effectively off.
     first = await aiohttp_client(create_app(settings.with_(account_deletion_retry_seconds=3600)))
     a = await guest(first, name="Ada")
+    resp = await first.post("/auth/link", json={"sessionToken": a["sessionToken"], "email": "ada@example.com",
+                                                "password": "correct horse"})
+    assert resp.status == 200
     for kind, head, name, ctype in (("selfie", JPEG_HEAD, "selfie.jpg", "image/jpeg"),
                                     ("video", WEBM_HEAD, "intro.webm", "video/webm")):
         resp = await first.post(f"/media/{kind}", data=form(kind, sample(head, 8192), name, ctype),
@@ -88,6 +91,8 @@ async def test_a_deletion_cut_short_by_a_crash_is_completed_by_another_node(
         assert job["completed_at"] is None and job["attempts"] == 1
         assert await conn.fetchval("SELECT count(*) FROM sessions WHERE user_id = $1", uid) == 0
         assert (await first.get("/user/me", headers=auth(a["sessionToken"]))).status == 401
+        resp = await first.post("/auth/login", json={"email": "ada@example.com", "password": "correct horse"})
+        assert resp.status == 401  # no way back in while the job is unfinished
         assert len(user_objects(s3, bucket, a["userId"])) == 2
 
         # Its lease (1 s here, 2 min by default) lapses; any other node then takes the job over.
