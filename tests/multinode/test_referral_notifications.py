@@ -8,11 +8,17 @@ import asyncio
 import os
 
 import aiohttp
+import pytest
 
 from tests.multinode.conftest import get_json
 
 WEBM_HEAD = bytes.fromhex("1a45dfa39f4286810142f7810142f2810442f381084282847765626d4287810442858102")
 EVENT = "referral:notification"
+
+
+@pytest.fixture(scope="module")
+def node_env() -> dict[str, str]:
+    return {"UPLOADS_PER_USER_CONCURRENT": "8"}  # eight racing uploads of one user (default 2)
 
 
 async def _post(http, url, token, body):
