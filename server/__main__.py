@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from server.settings import Settings
 
@@ -147,7 +148,8 @@ def _start_stripe_emulator(settings: Settings):  # type: ignore[no-untyped-def]
                                     stripe_api_base=emulator.url)
 
 
-def cmd_user(settings: Settings, action: str, ref: str, role: str | None) -> int:
+def _operator(settings: Settings, work: Any) -> int:
+    """Run one operator action `work(conn) -> message` on a fresh connection; exit status 2 on OperatorError."""
     import asyncpg
 
     from server.accounts import operators
@@ -157,15 +159,7 @@ def cmd_user(settings: Settings, action: str, ref: str, role: str | None) -> int
         conn = await asyncpg.connect(settings.database_url)
         await _init_connection(conn)
         try:
-            if action == "grant-access":
-                return await operators.grant_access(conn, ref)
-            if action in ("totp-enroll", "totp-remove"):
-                from server.moderation import cli
-
-                if action == "totp-remove":
-                    return await cli.totp_remove(conn, ref)
-                return await cli.totp_enroll(conn, ref, settings.totp_issuer)
-            return await operators.set_role(conn, ref, role or "")
+            return str(await work(conn))
         finally:
             await conn.close()
 
@@ -175,32 +169,36 @@ def cmd_user(settings: Settings, action: str, ref: str, role: str | None) -> int
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def cmd_user(settings: Settings, action: str, ref: str, role: str | None) -> int:
+    from server.accounts import operators
+
+    async def work(conn: Any) -> str:
+        if action == "grant-access":
+            return await operators.grant_access(conn, ref)
+        if action in ("totp-enroll", "totp-remove"):
+            from server.moderation import cli
+
+            if action == "totp-remove":
+                return await cli.totp_remove(conn, ref)
+            return await cli.totp_enroll(conn, ref, settings.totp_issuer)
+        return await operators.set_role(conn, ref, role or "")
+
+    return _operator(settings, work)
 
 
 def cmd_codes(settings: Settings, args: argparse.Namespace) -> int:
-    import asyncpg
-
     from server.accounts import operators
-    from server.db import _init_connection
 
-    async def _run() -> str:
-        conn = await asyncpg.connect(settings.database_url)
-        await _init_connection(conn)
-        try:
-            if args.action == "create":
-                return await operators.create_code(conn, args.label, args.uses)
-            if args.action == "deactivate":
-                return await operators.deactivate_code(conn, args.code)
-            return await operators.list_codes(conn)
-        finally:
-            await conn.close()
+    async def work(conn: Any) -> str:
+        if args.action == "create":
+            return await operators.create_code(conn, args.label, args.uses)
+        if args.action == "deactivate":
+            return await operators.deactivate_code(conn, args.code)
+        return await operators.list_codes(conn)
 
-    try:
-        print(asyncio.run(_run()))
-    except operators.OperatorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return _operator(settings, work)
 
 
 def cmd_ops(settings: Settings, args: argparse.Namespace) -> int:
