@@ -61,11 +61,13 @@ async def cancel(deps: Deps, kind: str, ident: str) -> None:
 class Sweeper:
     def __init__(self, deps: Deps, handlers: dict[str, Handler],
                  on_dead_sid: Callable[[Deps, str], Awaitable[None]],
-                 on_registry_lost: Callable[[], Awaitable[None]]) -> None:
+                 on_registry_lost: Callable[[], Awaitable[None]],
+                 on_nodes: Callable[[str, set[str]], None] = lambda _me, _alive: None) -> None:
         self.deps = deps
         self.handlers = handlers
         self.on_dead_sid = on_dead_sid
         self.on_registry_lost = on_registry_lost
+        self.on_nodes = on_nodes
         self._task: asyncio.Task[None] | None = None
         self._last_beat = 0.0
         self._stopping = False
@@ -105,7 +107,9 @@ class Sweeper:
                 await self.on_registry_lost()
             await presence.heartbeat(redis, s.node_id, now_ms())
             stale_before = now_ms() - int(s.node_dead_after_seconds * 1000)
-            for node in await presence.dead_nodes(redis, stale_before):
+            seen = await presence.nodes_seen(redis)
+            self.on_nodes(s.node_id, {n for n, at in seen.items() if at >= stale_before})
+            for node in [n for n, at in seen.items() if at < stale_before]:
                 sids = await presence.reap_node(redis, node, stale_before)
                 if sids:
                     log.warning("node_reaped", node=node, sockets=len(sids))

@@ -157,9 +157,9 @@ async def heartbeat(redis: aioredis.Redis, node: str, now_ms: int) -> None:
     await redis.hset("nodes", node, now_ms)
 
 
-async def dead_nodes(redis: aioredis.Redis, stale_before_ms: int) -> list[str]:
-    nodes = await redis.hgetall("nodes")
-    return [str(n) for n, seen in nodes.items() if int(seen) < stale_before_ms]
+async def nodes_seen(redis: aioredis.Redis) -> dict[str, int]:
+    """Every registered node and its last heartbeat (ms)."""
+    return {str(n): int(seen) for n, seen in (await redis.hgetall("nodes")).items()}
 
 
 async def reap_node(redis: aioredis.Redis, node: str, stale_before_ms: int) -> list[str]:
