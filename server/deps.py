@@ -19,6 +19,7 @@ class Deps:
     redis: aioredis.Redis
     s3: Any  # boto3 S3 client (thread-safe; blocking calls go through asyncio.to_thread)
     sio: Any = None  # socketio.AsyncServer, set by realtime.py
+    deck: Any = None  # presence.deck.Deck: this node's card cache and deck snapshot, set by realtime.py
 
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -3,6 +3,7 @@ realtime.py wraps each one with authentication, rate limiting, size and schema c
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,15 +12,19 @@ from server.deps import Deps
 
 
 class Sender:
-    """The authenticated socket an event came from."""
+    """The authenticated socket an event came from, with what it may do (paid and ban status as
+    of `access_at`, monotonic; None once `access.changed()` invalidated it)."""
 
-    __slots__ = ("caps", "session_id", "sid", "user_id")
+    __slots__ = ("access", "access_at", "caps", "session_id", "sid", "user_id")
 
-    def __init__(self, sid: str, user_id: str, session_id: str, caps: frozenset[str]) -> None:
+    def __init__(self, sid: str, user_id: str, session_id: str, caps: frozenset[str],
+                 access: tuple[str, str] | None = None) -> None:
         self.sid = sid
         self.user_id = user_id
         self.session_id = session_id
         self.caps = caps
+        self.access = access  # (paid_status, ban_status)
+        self.access_at = time.monotonic()
 
 
 Handler = Callable[[Deps, Sender, dict[str, Any]], Awaitable[None]]

@@ -99,6 +99,9 @@ class Settings:
     node_dead_after_seconds: float = 6.0
     socket_events_per_second: int = 40  # token bucket per socket (ICE trickle bursts fit)
     socket_event_burst: int = 120
+    # Realtime core, crowd (issue 10): the per-node deck snapshot's freshness bounds (presence/deck.py)
+    deck_max_age_seconds: float = 2.0  # changes made without a broadcast show within this
+    deck_min_rebuild_seconds: float = 0.05  # a broadcast change waits at most this for its rebuild
 
     # Referrals and the account lifecycle (issue 13; README "Introductions", "Account lifecycle")
     referral_code_ttl_days: int = 30  # a code lives this long after it was last generated

@@ -20,11 +20,13 @@ def has_access(deps: Deps, paid_status: str) -> bool:
 
 
 async def changed(deps: Deps, user_id: str, reason: str) -> None:
-    """Called after a committed change of user_id's paid status, role or ban. Nothing caches access
-    yet (every realtime check reads Postgres), so there is nothing to invalidate; the realtime core
-    hooks its per-socket cache invalidation in here."""
+    """Called after a committed change of user_id's paid status, role or ban. Every node drops what it
+    cached about the user (each socket's rights, the deck card): this node at once, the others through
+    a control message on the Socket.IO channel (server/fanout.py)."""
+    from server import fanout  # the realtime layer sits above accounts
+
     metrics.access_changed(reason)  # bans, payments, codes, QR unlocks for /metrics
-    del deps, user_id, reason
+    await fanout.signal(deps, "access", user=str(user_id), reason=reason)
 
 
 def reported_status(deps: Deps, paid_status: str) -> str:

@@ -11,12 +11,12 @@ import structlog
 
 from server import emit, ratelimit
 from server.accounts.access import has_access
-from server.accounts.profile import card
 from server.accounts.sessions import BANNED_STATUSES
-from server.calls import cooldowns, state, store
+from server.calls import cooldowns, state
 from server.calls.policy import DECLINE_AS_TIMEOUT_MS, clamp_seconds
 from server.deps import Deps
 from server.events import Sender
+from server.presence import gate
 from server.timers import now_ms
 
 log = structlog.get_logger(__name__)
@@ -54,10 +54,10 @@ async def invite(deps: Deps, sender: Sender, to_user: str, requested: Any) -> No
     if to_user == me:
         return await reject("invalid_target")
     target_id = _uuid_or_none(to_user)
-    users = await store.users_by_id(deps.db, [me] + ([target_id] if target_id else []))
-    if not await _may_call(deps, sender, users.get(me)):
+    if not await _may_call(deps, sender):
         return None
-    target = users.get(target_id or "")
+    cards = await deps.deck.cards_of(deps, [me] + ([target_id] if target_id else []))
+    target = cards[target_id].fields if target_id in cards else None
     if target is None:
         return await reject("user_not_found")
     seconds = clamp_seconds(requested)
@@ -85,9 +85,8 @@ async def invite(deps: Deps, sender: Sender, to_user: str, requested: Any) -> No
                                      "You already have a pending invite; cancel it first")
     if status != "ok":
         return await reject(status)  # offline | busy | cooldown
-    caller = users[me]
     await emit.to_user(deps, str(target["id"]), "call:notify", {
-        "inviteId": invite_id, "fromUser": card(deps, caller), "requestedSeconds": seconds,
+        "inviteId": invite_id, "fromUser": cards[me].public, "requestedSeconds": seconds,
         "ttlMs": s.invite_ttl_ms, "expiresAt": window_end,
     })
     await emit.to_sid(deps, sender.sid, "call:invite-sent",
@@ -96,15 +95,11 @@ async def invite(deps: Deps, sender: Sender, to_user: str, requested: Any) -> No
     return None
 
 
-async def _may_call(deps: Deps, sender: Sender, me: Any) -> bool:
-    """Access and ban checks on the acting user (§6 D11)."""
-    from server.calls.departures import cut_user  # departures imports this module
-
-    if me is None or me["ban_status"] in BANNED_STATUSES:
-        await cut_user(deps, sender.user_id)
-        return False
-    if not has_access(deps, me["paid_status"]):
-        await emit.call_error(deps, sender.sid, "PAYMENT_REQUIRED", "Payment required")
+async def _may_call(deps: Deps, sender: Sender) -> bool:
+    """Access and ban checks on the acting user (§6 D11), from the socket's cached rights."""
+    v = await gate.verdict(deps, sender)
+    if v != "ok":
+        await gate.deny(deps, sender, v)
         return False
     return True
 
@@ -120,9 +115,9 @@ async def accept(deps: Deps, sender: Sender, invite_id: str, requested: Any) -> 
     if not inv or inv.get("to") != sender.user_id:
         return await emit.call_error(deps, sender.sid, "INVITE_NOT_FOUND", "Invite not found or expired",
                                      inviteId=invite_id)
-    users = await store.users_by_id(deps.db, [sender.user_id, inv["from"]])
-    if not await _may_call(deps, sender, users.get(sender.user_id)):
+    if not await _may_call(deps, sender):
         return None
+    users = await deps.deck.rows(deps, [sender.user_id, inv["from"]])
     caller = users.get(inv["from"])
     if caller is None or caller["ban_status"] in BANNED_STATUSES or not has_access(deps, caller["paid_status"]):
         ended = await state.end_invite(deps.redis, "gone", inv["from"], now_ms(), invite_id=invite_id)

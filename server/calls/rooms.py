@@ -196,7 +196,7 @@ async def persist(deps: Deps, room_id: str) -> list[str]:
     await cooldowns.persist(deps, a, b, COOLDOWN_MS["call"], "call")
     unlocked: list[str] = []
     if duration >= HISTORY_MIN_SECONDS:
-        users = await store.users_by_id(deps.db, [a, b])
+        users = await deps.deck.rows(deps, [a, b])
         messages = await state.transcript(deps.redis, room_id)
         if room.get("reason") == "disconnect":
             messages.append({"from": "system", "text": "Call ended because a participant disconnected",
@@ -215,12 +215,10 @@ async def persist(deps: Deps, room_id: str) -> list[str]:
 
 
 async def announce_metrics(deps: Deps, user_ids: tuple[str, str], unlocked: list[str]) -> None:
-    for uid in user_ids:
-        m = await store.metrics(deps.db, uid)
-        if m:
-            await emit.to_user(deps, uid, "metrics:update", {
-                "timerTotalSeconds": m["timer_total_seconds"], "sessionCount": m["session_count"],
-                "successfulSessions": m["successful_sessions"]})
+    for uid, m in (await store.metrics(deps.db, list(user_ids))).items():
+        await emit.to_user(deps, uid, "metrics:update", {
+            "timerTotalSeconds": m["timer_total_seconds"], "sessionCount": m["session_count"],
+            "successfulSessions": m["successful_sessions"]})
     for uid in unlocked:
         await access.changed(deps, uid, "qr_unlocked")
         await emit.to_user(deps, uid, "qr:unlocked", {"message": "You unlocked your own invite code!",

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 
 from server.accounts.access import has_access
-from server.accounts.profile import card, ms
-from server.accounts.sessions import BANNED_STATUSES, require_user
-from server.calls import state, store
+from server.accounts.profile import ms
+from server.accounts.sessions import require_user
+from server.calls import store
 from server.deps import deps_of
 from server.errors import ApiError
-from server.presence import state as presence
+from server.presence import deck
 
 routes = web.RouteTableDef()
 
@@ -24,31 +22,8 @@ async def queue(request: web.Request) -> web.Response:
     if not has_access(deps, principal.paid_status):
         raise ApiError(402, "payment_required", "Payment required", requiresPayment=True,
                        message="Unlock access with a payment or an invite code.")
-    me = str(principal.user_id)
-    candidates = sorted((await presence.available_users(deps.redis)) - {me})
-    users = await store.users_by_id(deps.db, candidates)
-    reported_by_me, reported_me = await store.blocked_ids(deps.db, principal.user_id)
-    visible = [
-        u for uid, u in users.items()
-        if u["ban_status"] not in BANNED_STATUSES and has_access(deps, u["paid_status"])
-        and u["selfie_key"] and u["video_key"] and uid not in reported_me
-    ]
-    total = len(visible)  # counted before the "reported by me" filter (§2.4)
-    visible = [u for u in visible if str(u["id"]) not in reported_by_me]
-    cooldown = await state.cooldown_left_ms(deps.redis, me, [str(u["id"]) for u in visible])
-    now = int(time.time() * 1000)
-    result = []
-    for u in visible:
-        uid = str(u["id"])
-        left = cooldown.get(uid)
-        result.append({
-            **card(deps, u),
-            "hasCooldown": left is not None,
-            "cooldownExpiry": (now + left) if left is not None else None,
-            "wasIntroducedToMe": str(u["introduced_to"]) == me if u["introduced_to"] else False,
-            "introducedBy": u["introduced_by_name"] if u["introduced_to"] and str(u["introduced_to"]) == me else None,
-        })
-    return web.json_response({"users": result, "totalAvailable": total})
+    cards, total = await deps.deck.for_user(deps, str(principal.user_id))
+    return web.Response(text=deck.body(cards, total), content_type="application/json")
 
 
 @routes.get("/room/history")

@@ -24,16 +24,20 @@ async def users_by_id(conn: Conn, ids: list[str]) -> dict[str, asyncpg.Record]:
     return {str(r["id"]): r for r in rows}
 
 
-async def blocked_ids(conn: Conn, user_id: UUID) -> tuple[set[str], set[str]]:
-    """(users I reported, users who reported me): both are hidden from my deck (§6 D16)."""
+async def deck_flags(conn: Conn, user_id: str) -> tuple[set[str], set[str], dict[str, int]]:
+    """Everything the deck needs about the requester in one query: (users I reported, users who
+    reported me, partner -> cooldown expiry in ms). Both report directions are hidden (§6 D16)."""
     rows = await conn.fetch(
-        """SELECT reported_id AS other, true AS mine FROM reports WHERE reporter_id = $1
-           UNION ALL SELECT reporter_id, false FROM reports WHERE reported_id = $1""",
+        """SELECT reported_id AS other, 'mine' AS kind, NULL::bigint AS until FROM reports WHERE reporter_id = $1
+           UNION ALL SELECT reporter_id, 'theirs', NULL FROM reports WHERE reported_id = $1
+           UNION ALL SELECT CASE WHEN user_a = $1 THEN user_b ELSE user_a END, 'cooldown',
+                            (extract(epoch FROM expires_at) * 1000)::bigint
+                     FROM cooldowns WHERE (user_a = $1 OR user_b = $1) AND expires_at > now()""",
         user_id,
     )
-    mine = {str(r["other"]) for r in rows if r["mine"]}
-    theirs = {str(r["other"]) for r in rows if not r["mine"]}
-    return mine, theirs
+    mine = {str(r["other"]) for r in rows if r["kind"] == "mine"}
+    theirs = {str(r["other"]) for r in rows if r["kind"] == "theirs"}
+    return mine, theirs, {str(r["other"]): int(r["until"]) for r in rows if r["kind"] == "cooldown"}
 
 
 async def reported_between(conn: Conn, a: str, b: str) -> bool:
@@ -108,6 +112,8 @@ async def record_call(conn: asyncpg.Connection, session_id: UUID, room_id: UUID,
     return unlocked
 
 
-async def metrics(conn: Conn, user_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        "SELECT timer_total_seconds, session_count, successful_sessions FROM users WHERE id = $1", user_id)
+async def metrics(conn: Conn, user_ids: list[str]) -> dict[str, asyncpg.Record]:
+    rows = await conn.fetch(
+        """SELECT id, timer_total_seconds, session_count, successful_sessions FROM users
+           WHERE id = ANY($1::uuid[])""", user_ids)
+    return {str(r["id"]): r for r in rows}

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from server import emit
-from server.accounts.access import has_access
-from server.accounts.sessions import BANNED_STATUSES
-from server.calls import store
-from server.calls.departures import cut_user
 from server.deps import Deps
 from server.events import Sender, on
-from server.presence import state
+from server.presence import gate, state
 
 PRESENCE_DEBOUNCE_MS = 2000
 
@@ -35,18 +32,32 @@ async def presence_leave(deps: Deps, sender: Sender, _data: dict[str, Any]) -> N
 
 @on("queue:join")
 async def queue_join(deps: Deps, sender: Sender, _data: dict[str, Any]) -> None:
-    me = (await store.users_by_id(deps.db, [sender.user_id])).get(sender.user_id)
-    if me is None or me["ban_status"] in BANNED_STATUSES:
-        return await cut_user(deps, sender.user_id)
-    if not has_access(deps, me["paid_status"]):
-        return await emit.call_error(deps, sender.sid, "PAYMENT_REQUIRED", "Payment required")
+    # Available as soon as this event is processed (issue 10 §1): the rights come from the socket's
+    # cache, so an invite racing this event finds the user callable.
+    v = await gate.verdict(deps, sender)
+    if v != "ok":
+        return await gate.deny(deps, sender, v)
     await deps.sio.enter_room(sender.sid, emit.QUEUE)
     result = await state.join_queue(deps.redis, sender.user_id)
     if result == -2:
         return await emit.call_error(deps, sender.sid, "BUSY", "You are in a call")
     if result == 1:
         await emit.to_queue(deps, "queue:update", {"userId": sender.user_id, "available": True})
+    if "queue-snapshot" in sender.caps:
+        cards, total = await deps.deck.for_user(deps, sender.user_id)
+        await emit.to_sid(deps, sender.sid, "queue:snapshot",
+                          {"users": [json.loads(c) for c in cards], "totalAvailable": total})
+    if gate.stale(sender):
+        gate.spawn(_recheck(deps, sender))
     return None
+
+
+async def _recheck(deps: Deps, sender: Sender) -> None:
+    """Rights older than gate.RECHECK_S are re-read after the fact; lost rights take the user out."""
+    v = await gate.refresh(deps, sender)
+    if v != "ok":
+        await queue_leave(deps, sender, {})
+        await gate.deny(deps, sender, v)
 
 
 @on("queue:leave")

@@ -6,6 +6,8 @@ import asyncio
 import pytest
 import socketio
 
+from server.accounts import access
+from server.calls import cooldowns
 from server.deps import DEPS
 from tests.helpers import auth
 from tests.rt import Peer, in_call, make_user
@@ -54,7 +56,8 @@ async def test_banned_user_mid_session_is_cut(client, db, sockets):
     pa, pb = await sockets(a), await sockets(b)
     start = await in_call(pa, pb)
     await db.execute("UPDATE users SET ban_status = 'temporary' WHERE id = $1", b["userId"])
-    await pb.emit("queue:join")  # any checked event notices the ban (D11)
+    await access.changed(client.app[DEPS], b["userId"], "ban")  # the contract: after the commit
+    await pb.emit("queue:join")  # the socket's cached rights were dropped: the ban is noticed (D11)
     assert (await pb.wait("auth:banned"))["banned"] is True
     fin = await pa.wait("session:finalized")
     assert fin["reason"] == "banned"
@@ -131,11 +134,12 @@ async def test_queue_lists_only_callable_users(client, db, sockets):
         p = await sockets(u)
         await p.emit("queue:join")
     await asyncio.sleep(0.3)
+    deps = client.app[DEPS]
     await db.execute("UPDATE users SET ban_status = 'permanent' WHERE id = $1", banned["userId"])
+    await access.changed(deps, banned["userId"], "ban")  # what moderation calls after its commit
     await db.execute("INSERT INTO reports (reporter_id, reported_id) VALUES ($1, $2), ($3, $1)",
                      me["userId"], reported_by_me["userId"], reported_me["userId"])
-    x, y = sorted([me["userId"], cooled["userId"]])
-    await client.app[DEPS].redis.set(f"cd:{x}:{y}", "1", px=3_600_000)
+    await cooldowns.persist(deps, me["userId"], cooled["userId"], 3_600_000, "rescind")
     resp = await client.get("/room/queue", headers=auth(me["sessionToken"]))
     assert resp.status == 200
     body = await resp.json()
