@@ -88,6 +88,11 @@ async function connectAll(users) {
 
 // One call between a and b; resolves {ok, setup, total, reason}.
 const STEPS = {};
+function join(c, timeoutMs = CYCLE_TIMEOUT_MS) {
+  const ack = c.once("queue:update", (d) => d.userId === c.user.userId && d.available, timeoutMs);
+  c.emit("queue:join");
+  return ack;
+}
 function step(name, t) { (STEPS[name] ||= []).push(now() - t); return now(); }
 
 async function cycle(a, b) {
@@ -132,7 +137,10 @@ async function cycle(a, b) {
     a.emit("call:end", { roomId: room });
     await Promise.all([finA, finB]);
     t = step("end->finalized x2", t);
-    a.emit("queue:join"); b.emit("queue:join");
+    // queue:join x2, acknowledged by each user's own queue:update (so the next round's invites do not
+    // race a queue:join still waiting to be read by an overloaded server)
+    await Promise.all([join(a), join(b)]);
+    step("queue:join x2", t);
     return { ok: true, setup, total: now() - t0 };
   } catch (e) {
     return { ok: false, reason: String(e.message || e), total: now() - t0 };
@@ -154,8 +162,7 @@ async function closed(clients) {
   // Pairs never repeat: round r pairs caller i with callee (i + r) mod P; rounds are separated by a barrier.
   const P = Math.floor(clients.length / 2);
   const callers = clients.slice(0, P), callees = clients.slice(P, 2 * P);
-  for (const c of clients) c.emit("queue:join");
-  await new Promise((r) => setTimeout(r, 300));
+  await Promise.all(clients.map((c) => join(c, 120000)));
   const results = [];
   const t0 = now();
   for (let r = 0; r < spec.rounds; r++) {
@@ -169,8 +176,7 @@ async function open(clients) {
   // Poisson arrivals at `rate` cycles/s for `duration` s; each arrival takes an idle pair never paired before.
   const idle = new Set(clients.map((_, i) => i));
   const paired = new Set();
-  for (const c of clients) c.emit("queue:join");
-  await new Promise((r) => setTimeout(r, 300));
+  await Promise.all(clients.map((c) => join(c, 120000)));
   const results = [];
   const running = [];
   let dropped = 0;
@@ -193,8 +199,7 @@ async function open(clients) {
     idle.delete(a); idle.delete(b); paired.add(`${a}:${b}`);
     running.push(cycle(clients[a], clients[b]).then((res) => {
       results.push(res);
-      // queue:join was just sent; give the server a moment before this user can be picked again
-      setTimeout(() => { idle.add(a); idle.add(b); }, 50);
+      idle.add(a); idle.add(b);
     }));
   }
   await Promise.all(running);

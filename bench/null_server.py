@@ -55,8 +55,8 @@ def build(bare: bool = False) -> web.Application:
     @sio.on("queue:join")
     async def queue_join(sid: str, *_: Any) -> None:
         available.add(user_of[sid])
-        await sio.emit("queue:update", {"userId": user_of[sid], "available": True}, to="queue", skip_sid=sid)
         await sio.enter_room(sid, "queue")
+        await sio.emit("queue:update", {"userId": user_of[sid], "available": True}, to="queue")
 
     @sio.on("queue:leave")
     async def queue_leave(sid: str, *_: Any) -> None:

@@ -50,7 +50,11 @@ BENCH_ENV = {
     "GUEST_SIGNUPS_PER_IP_PER_HOUR": "1000000",
     "LOG_LEVEL": "WARNING",
     "LOG_FORMAT": "json",
+    # A lone node stops publishing once no other node was seen for this window (+2 beats): the runs
+    # start after it (SETTLE_S), so 1-node numbers are the steady state, not the start-up window.
+    "NODE_DEAD_AFTER_SECONDS": "3",
 }
+SETTLE_S = 5.5
 
 
 def _rss_kb(pid: int) -> int:
@@ -112,7 +116,9 @@ class Bench:
 
     def nodes(self, count: int) -> list[Node]:
         tag = uuid.uuid4().hex[:6]
-        return [Node(f"bench-{tag}-{i + 1}", self.env).start() for i in range(count)]
+        nodes = [Node(f"bench-{tag}-{i + 1}", self.env).start() for i in range(count)]
+        time.sleep(SETTLE_S)
+        return nodes
 
     async def make_users(self, count: int, prefix: str) -> list[dict[str, str]]:
         assert self.settings
@@ -230,7 +236,7 @@ class Bench:
     def _print_cycles(self, results: dict[str, Any], n: int) -> None:
         print(f"\n== closed-loop cycles, {n} users, {self.args.rounds} rounds (ratios vs the null server of this run)")
         print(f"{'server':<14}{'cycles/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'setup p99':>10}{'failed':>8}"
-              f"{'vs null':>9}{'gen CPU':>9}{'srv CPU':>9}{'redis/cyc':>10}{'pg tx/cyc':>10}")
+              f"{'vs null':>9}{'gen CPU':>9}{'srv ms/cyc':>11}{'redis/cyc':>10}{'pg tx/cyc':>10}")
         null = results.get(f"null/{n}", {})
         for key, r in results.items():
             if not key.endswith(f"/{n}"):
@@ -238,7 +244,7 @@ class Bench:
             ratio = r["cyclesPerSecond"] / null["cyclesPerSecond"] if null.get("cyclesPerSecond") else float("nan")
             print(f"{key.split('/')[0]:<14}{r['cyclesPerSecond']:>10.1f}{r['cycleMs']['p50'] or 0:>9.1f}"
                   f"{r['cycleMs']['p99'] or 0:>9.1f}{r['setupMs']['p99'] or 0:>10.1f}{r['failed']:>8}"
-                  f"{ratio:>9.2f}{r['generatorCpuShare']:>9.2f}{r.get('serverCpuSeconds', 0):>9.1f}"
+                  f"{ratio:>9.2f}{r['generatorCpuShare']:>9.2f}{1000 * r.get('serverCpuSeconds', 0) / max(r['ok'], 1):>11.1f}"
                   f"{r.get('redisCommandsPerCycle', ''):>10}{r.get('pgTransactionsPerCycle', ''):>10}")
             if r["failReasons"]:
                 print(f"{'':<14}failures: {r['failReasons']}")

@@ -29,6 +29,11 @@ def member_room(room_id: str, user_id: str) -> str:
     return f"r:{room_id}:{user_id}"
 
 
+def in_room(deps: Deps, sid: str, room: str) -> bool:
+    """Is this node's socket `sid` in `room` (a local lookup)?"""
+    return sid in deps.sio.manager.rooms.get("/", {}).get(room, {})
+
+
 async def to_sid(deps: Deps, sid: str, event: str, data: Any = None) -> None:
     await deps.sio.emit(event, data, to=sid)
 

@@ -71,7 +71,10 @@ def _storable(value: Any) -> bool:
 
 
 def validate(data: Any, schema: dict[str, Any]) -> None:
-    err = next(iter(sorted(_validator(schema).iter_errors(data), key=lambda e: len(e.absolute_path))), None)
+    v = _validator(schema)
+    if v.is_valid(data):  # the common case, without collecting and sorting errors
+        return
+    err = next(iter(sorted(v.iter_errors(data), key=lambda e: len(e.absolute_path))), None)
     if err is not None:
         raise bad_request(_message(err), code="validation_failed")
 

@@ -36,6 +36,9 @@ _TAGS = re.compile(r"<[^>]*>")
 # of the whole call would fail (and its persist timer retry forever).
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 CHAT_MAX = 500
+# member room of a sender -> its partner, for rooms where both sides joined (see relay); per node, bounded.
+_relay_ready: dict[str, str] = {}
+_RELAY_READY_MAX = 100_000
 
 
 def _ms_to_dt(ms: str | int) -> datetime:
@@ -82,9 +85,21 @@ async def relay(deps: Deps, sender: Sender, room_id: str, kind: str, field: str,
     """rtc:offer / rtc:answer / rtc:ice, only from a participant and only to the partner (D1)."""
     event = {"offer": "rtc:offer", "answer": "rtc:answer", "ice": "rtc:ice"}[kind]
     data = {field: value, "from": sender.user_id}
+    member = emit.member_room(room_id, sender.user_id)
+    partner = _relay_ready.get(member)
+    if partner is not None:
+        # Both sides joined (nothing to buffer any more) and this socket is still in its member room,
+        # which finalisation closes on every node: relay without a Redis round trip.
+        if emit.in_room(deps, sender.sid, member):
+            return await emit.to_member(deps, room_id, partner, event, data)
+        _relay_ready.pop(member, None)
     status, partner = await state.signal(deps.redis, room_id, sender.user_id, kind,
                                          json.dumps({"event": event, "data": data}))
     if status == "deliver":
+        if emit.in_room(deps, sender.sid, member):
+            if len(_relay_ready) >= _RELAY_READY_MAX:
+                _relay_ready.clear()
+            _relay_ready[member] = partner
         await emit.to_member(deps, room_id, partner, event, data)
     elif status == "denied":
         await emit.call_error(deps, sender.sid, "NOT_PARTICIPANT", "Not a participant of this room", roomId=room_id)
@@ -176,6 +191,8 @@ async def finalize(deps: Deps, room_id: str, reason: str, leaver: str = "") -> b
     if leaver:
         survivor = b if leaver == a else a
         await emit.to_member(deps, room_id, survivor, "peer:disconnected", {"userId": leaver})
+    for uid in (a, b):  # no more relaying through this room, on any node
+        await deps.sio.close_room(emit.member_room(room_id, uid))
     for uid in (a, b):
         await emit.to_user(deps, uid, "session:finalized", {"sessionId": session_id, "reason": reason})
     await announce_metrics(deps, (a, b), unlocked)
