@@ -28,8 +28,8 @@ from server.httpio import validate
 from server.presence import events as _presence_events  # noqa: F401  (registers handlers)
 from server.presence import gate
 from server.presence import state as presence
-from server.referrals import notifications as referral_notifications
 from server.presence.deck import Deck
+from server.referrals import notifications as referral_notifications
 from server.settings import Settings
 from server.timers import Sweeper, now_ms
 

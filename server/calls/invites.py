@@ -12,7 +12,7 @@ import structlog
 from server import emit, ratelimit
 from server.accounts.access import has_access
 from server.accounts.sessions import BANNED_STATUSES
-from server.calls import cooldowns, state
+from server.calls import cooldowns, state, store
 from server.calls.policy import DECLINE_AS_TIMEOUT_MS, clamp_seconds
 from server.deps import Deps
 from server.events import Sender

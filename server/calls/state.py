@@ -194,6 +194,17 @@ async def get_invite(r: aioredis.Redis, invite_id: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in (await r.hgetall(f"inv:{invite_id}")).items()}
 
 
+async def cooldown_left_ms(r: aioredis.Redis, me: str, others: list[str]) -> dict[str, int]:
+    if not others:
+        return {}
+    async with r.pipeline(transaction=False) as pipe:
+        for o in others:
+            a, b = (me, o) if me < o else (o, me)
+            pipe.pttl(f"cd:{a}:{b}")
+        ttls = await pipe.execute()
+    return {o: int(t) for o, t in zip(others, ttls, strict=True) if int(t) > 0}
+
+
 # ---------------------------------------------------------------- rooms
 
 _MEMBER = """
