@@ -261,6 +261,8 @@ async def test_nasty_but_valid_content_still_finalises(users, peers, n1, n2, db,
     t0 = time.monotonic()
     for p in (pa, pb):
         await p.emit("room:join", {"roomId": room})
+    for p in (pa, pb):  # chat is not buffered for a side that has not joined yet
+        await p.wait("room:joined")
     texts = ["nul\u0000inside", "lone \ud800 surrogate", "<img src=x onerror=alert(1)>ok", "tab\tand\nnewline",
              "\u202eright-to-left", "😀" * 300]
     for t in texts:
