@@ -227,7 +227,9 @@ class Realtime:
 
     async def reregister(self) -> None:
         """Redis has no record of this node (start-up, or Redis lost its data): put this node's
-        live sockets back into presence and reload durable cooldowns."""
+        live sockets back into presence and reload durable cooldowns (first: whoever sees these users
+        online again must also see their cooldowns)."""
+        await rebuild_if_lost(self.deps)
         readded = []
         for sender in list(self.local.values()):
             if sender.sid in self.local:
@@ -240,7 +242,6 @@ class Realtime:
                 await presence.remove_socket(self.deps.redis, sid, explicit=True, grace_due_ms=0)
         if readded:
             log.warning("presence_rebuilt", sockets=len(readded))
-        await rebuild_if_lost(self.deps)
 
     # ---- every client event ----
     def _wrap(self, spec: EventSpec) -> Any:

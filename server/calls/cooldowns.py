@@ -26,8 +26,10 @@ async def persist(deps: Deps, a: str, b: str, ms: int, outcome: str) -> None:
 
 
 async def rebuild_if_lost(deps: Deps) -> int:
-    """Load live cooldowns into Redis once per Redis lifetime (the marker vanishes with the data)."""
-    if not await deps.redis.set("cooldowns:loaded", "1", nx=True):
+    """Load live cooldowns into Redis once per Redis lifetime (the marker vanishes with the data). The
+    marker is set only after the load, so a load that failed (Postgres down) is retried on the next
+    heartbeat; nodes loading at the same time only repeat each other's SET NX."""
+    if await deps.redis.exists("cooldowns:loaded"):
         return 0
     rows = await store.live_cooldowns(deps.db)
     now = datetime.now(UTC)
@@ -36,6 +38,7 @@ async def rebuild_if_lost(deps: Deps) -> int:
             ms = int((r["expires_at"] - now).total_seconds() * 1000)
             if ms > 0:
                 pipe.set(f"cd:{r['user_a']}:{r['user_b']}", "1", px=ms, nx=True)
+        pipe.set("cooldowns:loaded", "1")
         await pipe.execute()
     if rows:
         log.info("cooldowns_rebuilt", count=len(rows))
