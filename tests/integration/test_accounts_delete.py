@@ -75,11 +75,11 @@ async def test_deletion_leaves_no_object_session_or_socket_and_the_partner_histo
     assert status == 200 and body == {"success": True, "deleted": True, "complete": True}
 
     # Live: the user's socket is told and closed; the partner gets the normal end of the call.
-    invalidated = await pa.wait("session:invalidated")
+    invalidated = await pa.wait("session:invalidated", timeout=10)
     assert invalidated["reason"] == "account_deleted"
-    assert await pa.disconnected()
-    await pb.wait("peer:disconnected")
-    fin = await pb.wait("session:finalized")
+    assert await pa.disconnected(within=10)
+    await pb.wait("peer:disconnected", timeout=10)
+    fin = await pb.wait("session:finalized", timeout=10)
     assert fin["sessionId"] == second["sessionId"]
 
     # Storage and sessions: nothing left.
