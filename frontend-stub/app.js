@@ -21,8 +21,8 @@
   const GATHER_MS = 3000;
   const QUEUE_POLL_MS = 5000;
   const CAPABILITIES = ["deadline", "resume", "typed-errors", "busy"];
-  const PAYMENT_HINT = "This server requires payment before you can go online (this client cannot pay). " +
-    "An operator can grant access (python -m server user grant-access <userId>), or run the server with REQUIRE_PAYMENT=false.";
+  const PAYMENT_HINT = "This server requires payment before you can go online: reload the page to pay or enter an invite code. " +
+    "An operator can also grant access (python -m server user grant-access <userId>), or run the server with REQUIRE_PAYMENT=false.";
   const params = new URLSearchParams(location.search);
   const RELAY_ONLY = params.get("relay") === "1";
   const TRICKLE = params.get("trickle") === "1";
