@@ -74,8 +74,8 @@ async def _index(_request: web.Request) -> web.FileResponse:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=JSON_BODY_LIMIT,
-        middlewares=[http_metrics, request_context, cors_middleware(settings.origins), ip_ban_middleware,
-                     error_middleware, refuse_new_sockets, body_guard, proxy_hops_check(settings.trusted_proxy_hops)],
+        middlewares=[http_metrics, request_context, cors_middleware(settings.origins), error_middleware,
+                     ip_ban_middleware, refuse_new_sockets, body_guard, proxy_hops_check(settings.trusted_proxy_hops)],
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)

@@ -22,7 +22,8 @@ EXEMPT = ("/health", "/ready", "/metrics")
 
 
 class _Cache:
-    def __init__(self) -> None:
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool  # held, so its id cannot be reused by another app's pool while cached
         self.bans: dict[str, str] = {}
         self.loaded = 0.0
         self.lock = asyncio.Lock()
@@ -32,7 +33,12 @@ _caches: dict[int, _Cache] = {}  # per app (its pool), so test apps in one proce
 
 
 def _cache(deps: Deps) -> _Cache:
-    return _caches.setdefault(id(deps.db), _Cache())
+    cache = _caches.get(id(deps.db))
+    if cache is None:
+        for key in [k for k, c in _caches.items() if c.pool.is_closing()]:
+            del _caches[key]
+        cache = _caches[id(deps.db)] = _Cache(deps.db)
+    return cache
 
 
 def invalidate(deps: Deps | None = None) -> None:

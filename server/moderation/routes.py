@@ -185,6 +185,7 @@ def _stats(row: Any) -> dict[str, Any]:
 
 
 @routes.get("/report/stats")
+@routes.get("/mod/stats")
 async def stats(request: web.Request) -> web.Response:
     await require_moderator(request)
     return web.json_response(_stats(await store.stats(deps_of(request).db)))
@@ -454,12 +455,6 @@ async def mod_audit(request: web.Request) -> web.Response:
          "targetUserId": str(r["target_user_id"]) if r["target_user_id"] else None, "targetName": r["target_name"],
          "before": r["before"], "after": r["after"], "ip": r["ip"], "details": r["details"]} for r in rows],
         "next": rows[-1]["id"] if len(rows) == limit else None})
-
-
-@routes.get("/mod/stats")
-async def mod_stats(request: web.Request) -> web.Response:
-    await require_moderator(request)
-    return web.json_response(_stats(await store.stats(deps_of(request).db)))
 
 
 @routes.get("/mod/me")

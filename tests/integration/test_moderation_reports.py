@@ -230,3 +230,31 @@ async def test_report_rate_limit_per_ip(client, db, settings, aiohttp_client):
     targets = [await make_user(limited, db, f"T{i}") for i in range(3)]
     codes = [(await report(limited, reporter, t))[0] for t in targets]
     assert codes == [200, 200, 429]
+
+
+async def test_a_ban_drops_pending_invites_both_ways_and_leaves_every_deck(client, db, sockets):
+    mod = await make_moderator(client, db, "mod@example.com")
+    bad = await make_user(client, db, "Bad")
+    callee, caller, watcher = [await make_user(client, db, n) for n in ("Callee", "Caller", "Watcher")]
+    pbad, pcallee, pcaller, pwatch = [await sockets(u, u["userId"][:4]) for u in (bad, callee, caller, watcher)]
+    for p in (pwatch, pcallee, pbad):
+        await p.emit("queue:join")
+        await pwatch.wait("queue:update", where=lambda d, p=p: d["userId"] == p.user_id and d["available"])
+    await pbad.emit("call:invite", {"toUserId": callee["userId"], "requestedSeconds": 120})
+    outgoing = await pcallee.wait("call:notify")
+    await pcaller.emit("call:invite", {"toUserId": bad["userId"], "requestedSeconds": 120})
+    incoming = await pbad.wait("call:notify")
+    deck = await (await client.get("/room/queue", headers=auth(watcher["sessionToken"]))).json()
+    assert bad["userId"] in [u["userId"] for u in deck["users"]]
+
+    resp = await client.post(f"/mod/users/{bad['userId']}/ban", json={"status": "permanent"},
+                             headers=auth(mod["sessionToken"]))
+    assert resp.status == 200
+    assert (await pcallee.wait("call:rescinded"))["inviteId"] == outgoing["inviteId"]
+    declined = await pcaller.wait("call:declined")
+    assert declined["inviteId"] == incoming["inviteId"] and declined["reason"] == "offline"
+    gone = await pwatch.wait("presence:update", where=lambda d: d["userId"] == bad["userId"])
+    assert gone == {"userId": bad["userId"], "online": False, "available": False}
+    deck = await (await client.get("/room/queue", headers=auth(watcher["sessionToken"]))).json()
+    assert bad["userId"] not in [u["userId"] for u in deck["users"]]
+    assert await pbad.disconnected(1.0)
