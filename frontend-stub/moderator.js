@@ -182,9 +182,9 @@ async function decide(label, call) {
   if (!r) return;
   try {
     await call(r);
-    status(`${label}: done`);
     await openReport(r.reportId);
     await loadQueue();
+    status(`${label}: done`);
   } catch (err) { fail(err); }
 }
 

@@ -152,7 +152,7 @@ async def test_moderator_works_the_queue_in_chromium(node: Node, base_settings: 
 
                 await page.click("#act-permanent")
                 await page.locator("#mod-status", has_text="done").wait_for()
-                assert await page.text_content("#detail-ban") == "ban: permanent"
+                await page.locator("#detail-ban", has_text="ban: permanent").wait_for()
                 await page.click('[data-tab="blacklist"]')
                 entry = page.locator("#blacklist-list li .name")
                 await entry.first.wait_for()
