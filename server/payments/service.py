@@ -32,6 +32,7 @@ log = structlog.get_logger(__name__)
 OPEN_SESSION_MAX_AGE = timedelta(hours=24)  # Stripe expires Checkout Sessions after 24 h at most
 PAID_STATES = ("paid", "no_payment_required")
 REUSE_OPEN_SESSION = timedelta(hours=1)
+UNKNOWN_USER_REPORTED_S = 7 * 24 * 3600
 
 
 # ---- status ----
@@ -159,8 +160,10 @@ async def apply_session(deps: Deps, session: dict[str, Any], source: str, event:
         if event is not None:
             await store.finish_event(conn, event["id"], result, sid or None,
                                      user_id if result != "unknown_user" else None)
-    if result == "unknown_user":
-        # 200 to Stripe all the same: a retry cannot make the user exist (D19). Someone must look.
+    if result == "unknown_user" and await deps.redis.set(f"pay:unknown:{sid}", "1", ex=UNKNOWN_USER_REPORTED_S,
+                                                          nx=True):
+        # 200 to Stripe all the same: a retry cannot make the user exist (D19). Someone must look; once
+        # per session, however often reconciliation meets it again.
         log.error("stripe_payment_for_unknown_user", session_id=sid, reference=session.get("client_reference_id"),
                   event_id=event["id"] if event else None, source=source)
     if granted and user_id is not None:

@@ -262,6 +262,9 @@ async def test_unknown_user_is_acknowledged_once_and_logged(client, db, stripe):
     assert any(e["event"] == "stripe_payment_for_unknown_user" and e["log_level"] == "error" for e in logs)
     assert await db.fetchval("SELECT outcome FROM stripe_events") == "unknown_user"
     assert await db.fetchval("SELECT count(*) FROM payments") == 0
+    with structlog.testing.capture_logs() as again:  # reconciliation meets it again: no second alert
+        assert await reconcile.run_once(client.app[DEPS], api) == {"unknown_user": 1}
+    assert not [e for e in again if e["event"] == "stripe_payment_for_unknown_user"]
 
 
 # ---- refunds and disputes ----
