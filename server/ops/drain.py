@@ -64,6 +64,7 @@ async def _hand_over(sio: Any, sid: str) -> None:
     socket = sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
     if socket is None:
         return
+    opened_by = sio.environ.get(eio_sid, {})  # the request that opened the session
     with contextlib.suppress(Exception):
         # Runs the disconnect handlers (the disconnect grace starts; it is not an explicit leave) ...
         await socket.close(wait=False, abort=True)
@@ -71,6 +72,12 @@ async def _hand_over(sio: Any, sid: str) -> None:
         await socket.queue.put(None)
         sio.eio.sockets.pop(eio_sid, None)
         metrics.DRAIN_EVENTS.inc()
+        request = opened_by.get("aiohttp.request")
+        if opened_by.get("HTTP_UPGRADE", "").lower() == "websocket" and request is not None \
+                and request.transport is not None:
+            # A session opened as a websocket owns its TCP connection: cut it, so the client notices at
+            # once rather than after a close handshake a busy, exiting node may never finish.
+            request.transport.abort()
 
 
 async def drain(app: web.Application) -> int:
