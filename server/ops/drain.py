@@ -49,19 +49,20 @@ async def refuse_new_sockets(request: web.Request, handler: Any) -> web.StreamRe
     return await handler(request)
 
 
-def _connected_sids(app: web.Application) -> list[str]:
+def _sessions(app: web.Application) -> list[str]:
+    """Every Engine.IO session of this node, including any whose Socket.IO connection is already gone
+    (left open, it would keep the web server waiting at exit)."""
     deps = app.get(DEPS)
     if deps is None or deps.sio is None:
         return []
-    return [sid for sid, _eio in deps.sio.manager.get_participants("/", None)]
+    return list(deps.sio.eio.sockets)
 
 
-async def _hand_over(sio: Any, sid: str) -> None:
-    """Drop the transport under the socket, as a network change would: the client (JS or Python)
+async def _hand_over(sio: Any, eio_sid: str) -> None:
+    """Drop the transport under the session, as a network change would: the client (JS or Python)
     reconnects by itself. Neither a Socket.IO DISCONNECT nor an Engine.IO CLOSE packet is sent: after
     those, clients stay away."""
-    eio_sid = sio.manager.eio_sid_from_sid(sid, "/")
-    socket = sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
+    socket = sio.eio.sockets.get(eio_sid)
     if socket is None:
         return
     opened_by = sio.environ.get(eio_sid, {})  # the request that opened the session
@@ -85,11 +86,11 @@ async def drain(app: web.Application) -> int:
     s = app[SETTINGS]
     d = app[DRAIN]
     d.draining = True
-    log.warning("drain_started", sockets=len(_connected_sids(app)), delay=s.drain_delay_seconds)
+    log.warning("drain_started", sockets=len(_sessions(app)), delay=s.drain_delay_seconds)
     await asyncio.sleep(s.drain_delay_seconds)
     sio = app[DEPS].sio
     handed = 0
-    sids = _connected_sids(app)
+    sids = _sessions(app)
     for i in range(0, len(sids), max(1, s.drain_batch_size)):
         batch = sids[i:i + s.drain_batch_size]
         await asyncio.gather(*(_hand_over(sio, sid) for sid in batch))
