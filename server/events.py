@@ -15,7 +15,7 @@ class Sender:
     """The authenticated socket an event came from, with what it may do (paid and ban status as
     of `access_at`, monotonic; None once `access.changed()` invalidated it)."""
 
-    __slots__ = ("access", "access_at", "caps", "session_id", "sid", "user_id")
+    __slots__ = ("access", "access_at", "bound_ms", "caps", "session_id", "sid", "user_id")
 
     def __init__(self, sid: str, user_id: str, session_id: str, caps: frozenset[str],
                  access: tuple[str, str] | None = None) -> None:
@@ -25,6 +25,7 @@ class Sender:
         self.caps = caps
         self.access = access  # (paid_status, ban_status)
         self.access_at = time.monotonic()
+        self.bound_ms = 0  # wall clock (ms) at which the socket joined its user room (realtime.bind)
 
 
 Handler = Callable[[Deps, Sender, dict[str, Any]], Awaitable[None]]

@@ -179,6 +179,7 @@ class Realtime:
         sender = Sender(sid, uid, sess, caps, (principal.paid_status, principal.ban_status))
         self.local[sid] = sender
         await self.sio.enter_room(sid, emit.user_room(uid))
+        sender.bound_ms = now_ms()  # from here on, every emit to the user reaches this socket
         await self.sio.enter_room(sid, emit.session_room(sess))
         arrival = await presence.add_socket(self.deps.redis, uid, sid, self.deps.settings.node_id, sess)
         if self.local.get(sid) is not sender:

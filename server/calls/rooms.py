@@ -165,27 +165,31 @@ async def end(deps: Deps, sender: Sender, room_id: str) -> None:
         return await emit.call_error(deps, sender.sid, "NOT_PARTICIPANT", "Not a participant of this room",
                                      roomId=room_id)
     if not await finalize(deps, room_id, "ended"):
-        # Already finalised (the partner's call:end, the deadline, a disconnect): tell this socket (F13),
-        # with the reason of the finalisation that won (it may have happened after the read above).
+        # Already finalised (the partner's call:end, the deadline, a disconnect). The finaliser tells
+        # every socket of both users; replay (F13) only to a socket bound after that broadcast, so the
+        # side whose call:end lost the race gets session:finalized once (§3.3).
         room = await state.get_room(deps.redis, room_id) or room
-        await emit.to_sid(deps, sender.sid, "session:finalized",
-                          {"sessionId": room.get("session"), "reason": room.get("reason") or "ended"})
+        told = room.get("told")
+        if told and sender.bound_ms > int(told):
+            await emit.to_sid(deps, sender.sid, "session:finalized",
+                              {"sessionId": room.get("session"), "reason": room.get("reason") or "ended"})
     return None
 
 
 async def finalize(deps: Deps, room_id: str, reason: str, leaver: str = "") -> bool:
     """Ends the room if it is still active. True only for the one caller that ended it."""
     status, session_id = await state.finalize(deps.redis, room_id, reason, timers.now_ms(), COOLDOWN_MS["call"],
-                                              leaver, FINAL_MEMORY_MS)
+                                              leaver, FINAL_MEMORY_MS, HISTORY_MIN_SECONDS * 1000)
     if status != "ok":
         return False
     # Durable first, so the end screen's history fetch already sees this call. If Postgres fails,
     # the persist:<room> timer scheduled by the script retries; the clients are told regardless.
+    persisted = True
     try:
         unlocked = await persist(deps, room_id)
     except Exception:
         log.exception("call_persist_failed", room_id=room_id)
-        unlocked = []
+        unlocked, persisted = [], False
     room = await state.get_room(deps.redis, room_id)
     a, b = room["a"], room["b"]
     if leaver:
@@ -193,11 +197,18 @@ async def finalize(deps: Deps, room_id: str, reason: str, leaver: str = "") -> b
         await emit.to_member(deps, room_id, survivor, "peer:disconnected", {"userId": leaver})
     for uid in (a, b):  # no more relaying through this room, on any node
         await deps.sio.close_room(emit.member_room(room_id, uid))
-    for uid in (a, b):
-        await emit.to_user(deps, uid, "session:finalized", {"sessionId": session_id, "reason": reason})
+    await _tell_finalized(deps, room_id, (a, b), session_id, reason)
     await announce_metrics(deps, (a, b), unlocked)
+    if persisted:  # else the persist timer stays armed: it retries the write
+        await timers.cancel(deps, "persist", room_id)
     log.info("call_finalized", room_id=room_id, reason=reason)
     return True
+
+
+async def _tell_finalized(deps: Deps, room_id: str, users: tuple[str, str], session_id: str, reason: str) -> None:
+    for uid in users:
+        await emit.to_user(deps, uid, "session:finalized", {"sessionId": session_id, "reason": reason})
+    await state.mark_told(deps.redis, room_id, timers.now_ms())
 
 
 async def persist(deps: Deps, room_id: str) -> list[str]:
@@ -210,7 +221,7 @@ async def persist(deps: Deps, room_id: str) -> list[str]:
     a, b, started, ended = room["a"], room["b"], int(room["started"]), int(room["ended"])
     media_start = max(int(room["ca"]), int(room["cb"])) if room.get("ca") and room.get("cb") else started
     duration = max(0, (ended - media_start) // 1000)
-    await cooldowns.persist(deps, a, b, COOLDOWN_MS["call"], "call")
+    await cooldowns.persist(deps, a, b, int(room.get("cd", COOLDOWN_MS["call"])), "call")
     unlocked: list[str] = []
     if duration >= HISTORY_MIN_SECONDS:
         users = await deps.deck.rows(deps, [a, b])
@@ -227,7 +238,7 @@ async def persist(deps: Deps, room_id: str) -> list[str]:
                 conn, uuid.UUID(room["session"]), uuid.UUID(room_id), _ms_to_dt(started), _ms_to_dt(ended),
                 duration, int(room["agreed"]), room.get("reason", "ended"), participants, messages,
                 duration >= QR_SESSION_MIN_SECONDS, QR_SESSIONS_TO_UNLOCK)
-    await timers.cancel(deps, "persist", room_id)
+    await state.mark_persisted(deps.redis, room_id)
     return unlocked
 
 
@@ -247,8 +258,12 @@ async def on_deadline(deps: Deps, room_id: str) -> None:
 
 
 async def on_persist(deps: Deps, room_id: str) -> None:
-    """Timer: the finalising node died before its durable write."""
+    """Timer: the finalising node died (or Postgres failed) before the durable write, or before both
+    sides were told. Writes the record (idempotent) and sends what was not sent yet."""
     room = await state.get_room(deps.redis, room_id)
-    unlocked = await persist(deps, room_id)
-    if room.get("a"):
-        await announce_metrics(deps, (room["a"], room["b"]), unlocked)
+    unlocked = await persist(deps, room_id)  # raises while Postgres is down: retried after the lease
+    if room.get("a") and room.get("state") == "final":
+        if not room.get("told"):
+            await _tell_finalized(deps, room_id, (room["a"], room["b"]), room["session"], room.get("reason", "ended"))
+            await announce_metrics(deps, (room["a"], room["b"]), unlocked)
+    await timers.cancel(deps, "persist", room_id)

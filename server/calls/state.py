@@ -284,15 +284,19 @@ _CONNECTED = Script(
 )
 
 # Finalises a room exactly once, whichever of call:end, deadline, disconnect or ban comes first.
-# ARGV: room, reason, now, cooldown ms, leaver ('' = none), final memory ms, keep seconds.
-# Schedules a persist:<room> timer so the durable write survives a node crash.
+# ARGV: room, reason, now, cooldown ms, leaver ('' = none), final memory ms, short-disconnect ms.
+# A call ended by a disconnect before it ran short-disconnect ms gets no cooldown (§3.5).
+# Schedules a persist:<room> timer so the durable write survives a node crash; the record is kept
+# (no expiry) until that write succeeded (mark_persisted), however long Postgres is down.
 _FINALIZE = Script(
     """
     local room, reason, now = ARGV[1], ARGV[2], ARGV[3]
     local r = 'room:' .. room
-    local m = redis.call('HMGET', r, 'a', 'b', 'state', 'session')
+    local m = redis.call('HMGET', r, 'a', 'b', 'state', 'session', 'started')
     if m[3] ~= 'active' then return {m[3] or 'missing', m[4] or ''} end
-    redis.call('HSET', r, 'state', 'final', 'reason', reason, 'ended', now, 'leaver', ARGV[5])
+    local ms = tonumber(ARGV[4])
+    if reason == 'disconnect' and tonumber(now) - tonumber(m[5]) < tonumber(ARGV[7]) then ms = 0 end
+    redis.call('HSET', r, 'state', 'final', 'reason', reason, 'ended', now, 'leaver', ARGV[5], 'cd', ms)
     for _, u in ipairs({m[1], m[2]}) do
       if redis.call('GET', 'u:' .. u .. ':room') == room then redis.call('DEL', 'u:' .. u .. ':room') end
       if redis.call('SCARD', 'u:' .. u .. ':socks') == 0 then
@@ -303,11 +307,10 @@ _FINALIZE = Script(
     redis.call('ZADD', 'timers', tonumber(now) + 10000, 'persist:' .. room)
     local a, b = m[1], m[2]
     if b < a then a, b = b, a end
-    local ms = tonumber(ARGV[4])
     if ms > 0 and redis.call('PTTL', 'cd:' .. a .. ':' .. b) < ms then
       redis.call('SET', 'cd:' .. a .. ':' .. b, '1', 'PX', ms)
     end
-    for _, suffix in ipairs({'', ':joined', ':chat'}) do redis.call('EXPIRE', r .. suffix, ARGV[7]) end
+    redis.call('PERSIST', r .. ':chat')
     return {'ok', m[4]}
     """
 )
@@ -342,10 +345,23 @@ async def connected(r: aioredis.Redis, room_id: str, uid: str, now: int, allowan
 
 
 async def finalize(r: aioredis.Redis, room_id: str, reason: str, now: int, cooldown_ms: int, leaver: str,
-                   final_memory_ms: int) -> tuple[str, str]:
+                   final_memory_ms: int, short_disconnect_ms: int) -> tuple[str, str]:
     """('ok', sessionId) for the one caller that finalised; otherwise the room's state and session."""
-    res = await _FINALIZE(r, [], [room_id, reason, now, cooldown_ms, leaver, final_memory_ms, ROOM_KEEP_SECONDS])
+    res = await _FINALIZE(r, [], [room_id, reason, now, cooldown_ms, leaver, final_memory_ms, short_disconnect_ms])
     return str(res[0]), str(res[1])
+
+
+async def mark_persisted(r: aioredis.Redis, room_id: str) -> None:
+    """The durable write is done: the finalised room's record now only serves replays, for a while."""
+    async with r.pipeline(transaction=False) as pipe:
+        for suffix in ("", ":joined", ":chat"):
+            pipe.expire(f"room:{room_id}{suffix}", ROOM_KEEP_SECONDS)
+        await pipe.execute()
+
+
+async def mark_told(r: aioredis.Redis, room_id: str, now: int) -> None:
+    """Both sides were sent session:finalized at `now` (only sockets bound later get a replay)."""
+    await r.hset(f"room:{room_id}", "told", now)
 
 
 async def get_room(r: aioredis.Redis, room_id: str) -> dict[str, str]:

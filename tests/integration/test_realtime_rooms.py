@@ -7,7 +7,7 @@ import json
 import pytest
 
 from server.deps import DEPS
-from tests.rt import in_call, make_user
+from tests.rt import Peer, in_call, make_user
 
 
 @pytest.fixture
@@ -159,11 +159,22 @@ async def test_end_finalises_once_with_history_for_both(client, db, call):
     assert metrics["sessionCount"] == 1 and metrics["timerTotalSeconds"] >= 42
     cd = await db.fetchval("SELECT expires_at - now() FROM cooldowns")
     assert 24 * 3600 - 60 < cd.total_seconds() <= 24 * 3600 + 1
-    # A late call:end on the finished room re-sends session:finalized to that socket only.
+    # A late call:end from a socket that was told: nothing more (§3.3). From a socket that came later
+    # (a reloaded room page): a replay to that socket only (F13).
     await pa.emit("call:end", {"roomId": room})
-    replay = await pa.wait("session:finalized")
-    assert replay["sessionId"] == fa["sessionId"]
-    await pb.quiet("session:finalized", 0.2)
+    await pa.emit("call:end", {"roomId": "sentinel"})
+    await pa.wait("call:error", where=lambda d: d["code"] == "NOT_PARTICIPANT")
+    assert len(pa.all("session:finalized")) == 1
+    reloaded = await Peer(str(client.make_url("/")), pa.token, pa.user_id).connect()
+    try:
+        await reloaded.emit("call:end", {"roomId": room})
+        assert (await reloaded.wait("session:finalized"))["sessionId"] == fa["sessionId"]
+        await reloaded.emit("call:end", {"roomId": "sentinel"})
+        await reloaded.wait("call:error", where=lambda d: d["code"] == "NOT_PARTICIPANT")
+        assert len(reloaded.all("session:finalized")) == 1
+        assert len(pa.all("session:finalized")) == 1 and len(pb.all("session:finalized")) == 1
+    finally:
+        await reloaded.close()
     assert len(await db.fetch("SELECT 1 FROM call_history")) == 2
     resp = await client.get("/room/history", headers={"Authorization": f"Bearer {pa.token}"})
     hist = (await resp.json())["history"]
@@ -204,6 +215,17 @@ async def test_explicit_leave_ends_the_call_for_the_survivor(db, call):
     assert fin["reason"] == "disconnect"
 
 
+async def test_a_call_cut_by_a_disconnect_within_5_s_leaves_no_cooldown(client, db, call):
+    """§3.5: the 24 h cooldown only for a disconnect after the call ran 5 s (it is written before the
+    survivor is told, so session:finalized is the sentinel)."""
+    pa, pb, _room = call
+    await pb.leave()
+    assert (await pa.wait("session:finalized", timeout=2))["reason"] == "disconnect"
+    assert await db.fetchval("SELECT count(*) FROM cooldowns") == 0
+    x, y = sorted([pa.user_id, pb.user_id])
+    assert not await redis(client).exists(f"cd:{x}:{y}")
+
+
 async def test_blip_then_resume_on_reconnect(client, sockets, call):
     pa, pb, room = call
     for p in (pa, pb):
@@ -236,6 +258,7 @@ async def test_grace_expiry_finalises_and_tells_the_survivor(client, db, call):
     assert (await pa.wait("session:finalized", timeout=2))["reason"] == "disconnect"
     rows = await db.fetch("SELECT messages FROM call_history")
     assert len(rows) == 2 and json.loads(rows[0]["messages"])[-1]["from"] == "system"
+    assert await db.fetchval("SELECT count(*) FROM cooldowns") == 1  # it ran over 5 s: the 24 h cooldown
 
 
 async def test_user_away_at_finalisation_hears_about_it_on_return(client, sockets, call):
