@@ -50,8 +50,11 @@ async def _init_pool_connection(conn: asyncpg.Connection) -> None:
     conn.add_query_logger(observe_pg)  # statement latency for /metrics
 
 
-async def create_pool(dsn: str, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_pool_connection)
+async def create_pool(dsn: str, min_size: int = 2, max_size: int = 20,
+                      command_timeout: float | None = None) -> asyncpg.Pool:
+    """command_timeout bounds every statement: a stalled Postgres fails a call instead of hanging it."""
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_pool_connection,
+                                     command_timeout=command_timeout)
     assert pool is not None
     return pool
 

@@ -9,6 +9,7 @@ import json
 import time
 from typing import Any
 
+import asyncpg
 import socketio
 import structlog
 from aiohttp import web
@@ -229,8 +230,12 @@ class Realtime:
     async def reregister(self) -> None:
         """Redis has no record of this node (start-up, or Redis lost its data): put this node's
         live sockets back into presence and reload durable cooldowns (first: whoever sees these users
-        online again must also see their cooldowns)."""
-        await rebuild_if_lost(self.deps)
+        online again must also see their cooldowns). A slow or failed load does not hold the heartbeat
+        up: it is retried on the next beat (its marker is only set once loaded)."""
+        try:
+            await asyncio.wait_for(rebuild_if_lost(self.deps), 2)
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            log.warning("cooldowns_rebuild_deferred", error=repr(exc))
         readded = []
         for sender in list(self.local.values()):
             if sender.sid in self.local:

@@ -31,8 +31,10 @@ class InstrumentedRedis(aioredis.Redis):
             REDIS_LATENCY.labels(command, outcome).observe(time.perf_counter() - started)
 
 
-def create_redis(url: str) -> aioredis.Redis:
-    return InstrumentedRedis.from_url(url, decode_responses=True, health_check_interval=30)
+def create_redis(url: str, timeout_s: float | None = None) -> aioredis.Redis:
+    """timeout_s bounds connecting and every command: a stalled Redis fails a call instead of hanging it."""
+    return InstrumentedRedis.from_url(url, decode_responses=True, health_check_interval=30,
+                                      socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
 
 class Script:

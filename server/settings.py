@@ -102,6 +102,8 @@ class Settings:
     # Realtime core, crowd (issue 10): the per-node deck snapshot's freshness bounds (presence/deck.py)
     deck_max_age_seconds: float = 2.0  # changes made without a broadcast show within this
     deck_min_rebuild_seconds: float = 0.05  # a broadcast change waits at most this for its rebuild
+    # Realtime core, faults (issue 11)
+    store_timeout_seconds: float = 10.0  # every Postgres statement and Redis command (0 = none)
 
     # Referrals and the account lifecycle (issue 13; README "Introductions", "Account lifecycle")
     referral_code_ttl_days: int = 30  # a code lives this long after it was last generated

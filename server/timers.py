@@ -9,7 +9,6 @@ node runs the (idempotent) handler.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -69,20 +68,26 @@ class Sweeper:
         self.on_registry_lost = on_registry_lost
         self.on_nodes = on_nodes
         self._task: asyncio.Task[None] | None = None
+        self._beat_task: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
         self._last_beat = 0.0
         self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="timer-sweeper")
+        # The heartbeat has its own task: slow timer work (a persist waiting on Postgres, a large reap)
+        # must never make the other nodes declare this live node dead (issue 11 §2).
+        self._beat_task = asyncio.create_task(self._beat_loop(), name="node-heartbeat")
 
     async def stop(self) -> None:
         # A flag as well as cancel(): a cancellation swallowed inside a client library must not
         # keep the loop (and the shutdown waiting on it) alive.
         self._stopping = True
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([self._task], timeout=2)
+        tasks = [t for t in (self._task, self._beat_task, self._reaper) if t is not None]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)
 
     async def _run(self) -> None:
         s = self.deps.settings
@@ -96,25 +101,48 @@ class Sweeper:
             # Jitter spreads the nodes' sweeps; correctness never depends on who sweeps.
             await asyncio.sleep(s.timer_poll_seconds * (0.75 + random.random() / 2))
 
-    async def tick(self) -> None:
+    async def _beat_loop(self) -> None:
+        s = self.deps.settings
+        while not self._stopping:
+            try:  # each Redis call is bounded by the client's timeout (store_timeout_seconds)
+                await self.beat()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("heartbeat_failed")
+            await asyncio.sleep(s.node_heartbeat_seconds)
+
+    async def beat(self) -> None:
         s, redis = self.deps.settings, self.deps.redis
-        mono = time.monotonic()
-        if mono - self._last_beat >= s.node_heartbeat_seconds:
-            self._last_beat = mono
-            # Re-register before announcing the beat, so anyone who sees this node alive also
-            # sees its sockets.
-            if not await presence.known_node(redis, s.node_id):
-                await self.on_registry_lost()
-            await presence.heartbeat(redis, s.node_id, now_ms())
-            stale_before = now_ms() - int(s.node_dead_after_seconds * 1000)
-            seen = await presence.nodes_seen(redis)
-            self.on_nodes(s.node_id, {n for n, at in seen.items() if at >= stale_before})
-            for node in [n for n, at in seen.items() if at < stale_before]:
-                sids = await presence.reap_node(redis, node, stale_before)
-                if sids:
-                    log.warning("node_reaped", node=node, sockets=len(sids))
-                for sid in sids:
+        # Re-register before announcing the beat, so anyone who sees this node alive also sees its sockets.
+        if not await presence.known_node(redis, s.node_id):
+            await self.on_registry_lost()
+        await presence.heartbeat(redis, s.node_id, now_ms())
+        self._last_beat = time.monotonic()
+        stale_before = now_ms() - int(s.node_dead_after_seconds * 1000)
+        seen = await presence.nodes_seen(redis)
+        self.on_nodes(s.node_id, {n for n, at in seen.items() if at >= stale_before})
+        dead = [n for n, at in seen.items() if at < stale_before]
+        if dead and (self._reaper is None or self._reaper.done()):
+            self._reaper = asyncio.create_task(self._reap(dead, stale_before), name="node-reaper")
+
+    async def _reap(self, dead: list[str], stale_before: int) -> None:
+        for node in dead:
+            try:
+                sids = await presence.reap_node(self.deps.redis, node, stale_before)
+            except Exception:
+                log.exception("node_reap_failed", node=node)
+                continue
+            if sids:
+                log.warning("node_reaped", node=node, sockets=len(sids))
+            for sid in sids:
+                try:  # one failure must not leave the node's other sockets behind as ghosts
                     await self.on_dead_sid(self.deps, sid)
+                except Exception:
+                    log.exception("reaped_socket_cleanup_failed", node=node, sid=sid)
+
+    async def tick(self) -> None:
+        redis = self.deps.redis
         claimed = await _CLAIM(redis, [], [now_ms(), LEASE_MS, BATCH])
         lease, members = claimed[0], claimed[1:]
         for member in members:
