@@ -11,8 +11,11 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import structlog
 from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +55,9 @@ def payment_required() -> ApiError:
     return ApiError(402, "payment_required", "Payment required", requiresPayment=True,
                     message="Unlock access with a payment or an invite code.")
 
+
+_STORE_DOWN = (RedisConnectionError, RedisTimeoutError, asyncpg.PostgresConnectionError,
+               asyncpg.InterfaceError, ConnectionRefusedError, TimeoutError)
 
 _HTTP_CODES = {
     400: ("invalid_request", "Bad request"),
@@ -104,6 +110,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
         resp = web.json_response({"error": message, "code": code}, status=exc.status, headers=headers)
         return resp
+    except _STORE_DOWN as exc:  # Redis or Postgres unreachable: the client may retry, it is not a bug
+        log.warning("store_unavailable", path=request.path, method=request.method, error=repr(exc))
+        return web.json_response({"error": "Service temporarily unavailable", "code": "unavailable"},
+                                 status=503, headers={"Retry-After": "2"})
     except Exception:
         log.exception("unhandled_error", path=request.path, method=request.method)
         return web.json_response({"error": "Internal server error", "code": "internal"}, status=500)

@@ -18,7 +18,7 @@ from engineio.async_drivers import aiohttp as eio_aiohttp
 
 from server import emit
 from server.accounts.sessions import Principal, authenticate
-from server.calls import departures, invites, rooms, state
+from server.calls import departures, invites, resume, rooms, state
 from server.calls import events as _call_events  # noqa: F401  (registers handlers)
 from server.calls.cooldowns import rebuild_if_lost
 from server.deps import Deps
@@ -236,12 +236,20 @@ class Realtime:
             await asyncio.wait_for(rebuild_if_lost(self.deps), 2)
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             log.warning("cooldowns_rebuild_deferred", error=repr(exc))
+        try:  # calls Redis lost come back from their durable record (idempotent across nodes)
+            await asyncio.wait_for(resume.restore_calls(self.deps), 5)
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            log.error("calls_restore_failed", error=repr(exc))
         readded = []
         for sender in list(self.local.values()):
             if sender.sid in self.local:
                 await presence.add_socket(self.deps.redis, sender.user_id, sender.sid, self.deps.settings.node_id,
                                           sender.session_id)
                 readded.append(sender.sid)
+        # Users whose sockets are in the queue room were in the deck: put them back (not if in a call).
+        queued = self.sio.manager.rooms.get("/", {}).get(emit.QUEUE, {})
+        for uid in {self.local[sid].user_id for sid in readded if sid in queued and sid in self.local}:
+            await presence.join_queue(self.deps.redis, uid)
         # A socket that disconnected while we re-added it was removed before our add: undo it.
         for sid in readded:
             if sid not in self.local:

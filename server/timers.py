@@ -13,7 +13,10 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server.deps import Deps
 from server.presence import state as presence
@@ -21,6 +24,9 @@ from server.redis import Script
 
 log = structlog.get_logger(__name__)
 
+# Redis or Postgres unreachable or too slow: expected during outages, logged without a traceback.
+STORE_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError, asyncpg.PostgresConnectionError,
+              asyncpg.InterfaceError)
 LEASE_MS = 30_000
 BATCH = 50
 
@@ -96,6 +102,8 @@ class Sweeper:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
+            except STORE_DOWN as exc:  # an outage, not a bug: the next tick retries
+                log.warning("sweeper_store_unavailable", error=repr(exc))
             except Exception:
                 log.exception("sweeper_tick_failed")
             # Jitter spreads the nodes' sweeps; correctness never depends on who sweeps.
@@ -108,6 +116,8 @@ class Sweeper:
                 await self.beat()
             except asyncio.CancelledError:
                 raise
+            except STORE_DOWN as exc:
+                log.warning("heartbeat_store_unavailable", error=repr(exc))
             except Exception:
                 log.exception("heartbeat_failed")
             await asyncio.sleep(s.node_heartbeat_seconds)

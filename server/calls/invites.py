@@ -126,8 +126,8 @@ async def accept(deps: Deps, sender: Sender, invite_id: str, requested: Any) -> 
         return await emit.call_error(deps, sender.sid, "CALLER_UNAVAILABLE", "Invite not found or expired",
                                      inviteId=invite_id)
 
-    room_id, session_id = str(uuid.uuid4()), str(uuid.uuid4())
-    res = await state.accept_invite(deps.redis, invite_id, sender.user_id, room_id, session_id, now_ms(), seconds,
+    room_id, session_id, started = str(uuid.uuid4()), str(uuid.uuid4()), now_ms()
+    res = await state.accept_invite(deps.redis, invite_id, sender.user_id, room_id, session_id, started, seconds,
                                     deps.settings.call_setup_allowance_ms)
     if res.status in ("not_found", "not_invitee"):
         return await emit.call_error(deps, sender.sid, "INVITE_NOT_FOUND", "Invite not found or expired",
@@ -144,7 +144,7 @@ async def accept(deps: Deps, sender: Sender, invite_id: str, requested: Any) -> 
         if isinstance(ended, state.Ended):
             await announce_end(deps, ended)
     await rooms.announce_start(deps, room_id, session_id, res.caller, sender.user_id, res.agreed,
-                               res.deadline_ms, users)
+                               res.deadline_ms, users, started)
     return None
 
 

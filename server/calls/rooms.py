@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import structlog
 
 from server import emit, timers
@@ -46,7 +47,13 @@ def _ms_to_dt(ms: str | int) -> datetime:
 
 
 async def announce_start(deps: Deps, room_id: str, session_id: str, caller: str, callee: str, agreed: int,
-                         deadline_ms: int, users: dict[str, Any]) -> None:
+                         deadline_ms: int, users: dict[str, Any], started_ms: int) -> None:
+    # The match's durable record, before anyone hears of it: a Redis that loses its data restores the
+    # call from here (calls/resume.py). Without Postgres the call still goes ahead on Redis alone.
+    try:
+        await store.start_live_call(deps.db, room_id, session_id, caller, callee, started_ms, agreed, deadline_ms)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        log.warning("live_call_record_failed", room_id=room_id, error=repr(exc))
     now = timers.now_ms()
     for uid, peer, initiator in ((caller, callee, True), (callee, caller, False)):
         p = users[peer]
@@ -238,6 +245,7 @@ async def persist(deps: Deps, room_id: str) -> list[str]:
                 conn, uuid.UUID(room["session"]), uuid.UUID(room_id), _ms_to_dt(started), _ms_to_dt(ended),
                 duration, int(room["agreed"]), room.get("reason", "ended"), participants, messages,
                 duration >= QR_SESSION_MIN_SECONDS, QR_SESSIONS_TO_UNLOCK)
+    await store.end_live_call(deps.db, room_id)
     await state.mark_persisted(deps.redis, room_id)
     return unlocked
 

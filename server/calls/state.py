@@ -316,6 +316,31 @@ _FINALIZE = Script(
 )
 
 
+# Puts back a started call that Redis lost (restart without persistence), from its durable record.
+# ARGV: room, caller, callee, started ms, agreed s, deadline ms, session. Both sides count as joined (the
+# call was running); its deadline timer finalises it as usual, at once if the deadline has passed.
+_RESTORE = Script(
+    """
+    local room, a, b = ARGV[1], ARGV[2], ARGV[3]
+    local r = 'room:' .. room
+    if redis.call('EXISTS', r) == 1 then return 0 end
+    redis.call('HSET', r, 'id', room, 'a', a, 'b', b, 'started', ARGV[4], 'agreed', ARGV[5], 'deadline', ARGV[6],
+      'session', ARGV[7], 'state', 'active', 'restored', 1)
+    redis.call('SADD', r .. ':joined', a, b)
+    redis.call('SET', 'u:' .. a .. ':room', room, 'NX')
+    redis.call('SET', 'u:' .. b .. ':room', room, 'NX')
+    redis.call('SREM', 'available', a, b)
+    redis.call('ZADD', 'timers', 'NX', ARGV[6], 'deadline:' .. room)
+    return 1
+    """
+)
+
+
+async def restore_room(r: aioredis.Redis, room_id: str, caller: str, callee: str, started_ms: int, agreed: int,
+                       deadline_ms: int, session_id: str) -> bool:
+    return bool(await _RESTORE(r, [], [room_id, caller, callee, started_ms, agreed, deadline_ms, session_id]))
+
+
 def _member_result(res: list[Any]) -> tuple[str, str]:
     return str(res[0]), str(res[1]) if len(res) > 1 else ""
 

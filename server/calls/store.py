@@ -70,6 +70,27 @@ async def live_cooldowns(conn: Conn) -> list[asyncpg.Record]:
     return await conn.fetch("SELECT user_a, user_b, expires_at FROM cooldowns WHERE expires_at > now()")
 
 
+async def start_live_call(conn: Conn, room_id: str, session_id: str, caller: str, callee: str, started_ms: int,
+                          agreed: int, deadline_ms: int) -> None:
+    await conn.execute(
+        """INSERT INTO live_calls (room_id, session_id, caller_id, callee_id, started_at, agreed_seconds, deadline_at)
+           VALUES ($1, $2, $3, $4, to_timestamp($5 / 1000.0), $6, to_timestamp($7 / 1000.0))
+           ON CONFLICT (room_id) DO NOTHING""",
+        room_id, session_id, caller, callee, started_ms, agreed, deadline_ms)
+
+
+async def end_live_call(conn: Conn, room_id: str) -> None:
+    await conn.execute("DELETE FROM live_calls WHERE room_id = $1", room_id)
+
+
+async def live_calls(conn: Conn) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT room_id::text, session_id::text, caller_id::text, callee_id::text, agreed_seconds,
+                  (extract(epoch FROM started_at) * 1000)::bigint AS started_ms,
+                  (extract(epoch FROM deadline_at) * 1000)::bigint AS deadline_ms
+           FROM live_calls""")
+
+
 async def record_call(conn: asyncpg.Connection, session_id: UUID, room_id: UUID, started_at: datetime,
                       ended_at: datetime, duration: int, agreed: int, reason: str,
                       participants: list[dict[str, Any]], messages: list[Any], counts_for_qr: bool,

@@ -1,0 +1,91 @@
+"""Redis restarts without persistence in the middle of a call (issue 11 §1): the call is restored from
+its durable record and ends properly (history, cooldown, session:finalized to both); users in the deck
+are listed again without re-joining (§4)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tests.multinode.conftest import eventually, get_json
+
+
+async def _restart_redis_empty(stack, rds) -> float:
+    """SHUTDOWN NOSAVE, then start it again with no data (the test stack has no persistence)."""
+    t0 = time.monotonic()
+    try:
+        await rds.shutdown(nosave=True)
+    except Exception:  # the connection drops as the server exits
+        pass
+    for _ in range(100):
+        if stack.pid("redis") is None:
+            break
+        await asyncio.sleep(0.05)
+    stack.up()
+    await rds.connection_pool.disconnect()
+    return t0
+
+
+async def test_redis_restart_mid_call_restores_the_call(stack, users, peers, n1, n2, db, rds, http):
+    a, b = await users.make(n1, "A"), await users.make(n2, "B")
+    pa, pb = await peers(n1, a, "A"), await peers(n2, b, "B")
+    q = await users.make(n1, "Queued")
+    pq = await peers(n2, q, "Q")
+    await pq.emit("queue:join")
+    await pq.wait("queue:update", where=lambda d: d["userId"] == q["userId"])
+    await pb.emit("queue:join")
+    await pb.wait("queue:update", where=lambda d: d["userId"] == b["userId"])
+    await pa.emit("call:invite", {"toUserId": b["userId"], "requestedSeconds": 120})
+    await pb.emit("call:accept", {"inviteId": (await pb.wait("call:notify"))["inviteId"], "requestedSeconds": 120})
+    start = await pa.wait("call:start")
+    await pb.wait("call:start")
+    room = start["roomId"]
+    for p in (pa, pb):
+        await p.emit("room:join", {"roomId": room})
+        await p.wait("room:joined")
+    assert await db.fetchval("SELECT count(*) FROM live_calls WHERE room_id = $1", room) == 1
+
+    t0 = await _restart_redis_empty(stack, rds)
+
+    async def restored() -> bool:
+        return await rds.hget(f"room:{room}", "state") == "active"
+    assert await eventually(restored, within=10), "the call was not restored"
+    recovered_s = time.monotonic() - t0
+
+    async def listed() -> bool:
+        return bool(await rds.sismember("available", q["userId"]))
+    assert await eventually(listed, within=5), "the queued user vanished from the deck"
+    status, deck = await get_json(http, f"{n1.url}/room/queue", a["sessionToken"])
+    assert status == 200 and q["userId"] in [u["userId"] for u in deck["users"]]
+
+    # Signalling goes on across the nodes, and the end is the usual one.
+    await pa.emit("rtc:offer", {"roomId": room, "offer": {"type": "offer", "sdp": "v=0 after redis"}})
+    assert (await pb.wait("rtc:offer", timeout=5))["offer"]["sdp"] == "v=0 after redis"
+    await asyncio.sleep(max(0.0, 5.3 - (time.time() * 1000 - start["serverNow"]) / 1000))
+    await pa.emit("call:end", {"roomId": room})
+    fa, fb = await pa.wait("session:finalized"), await pb.wait("session:finalized")
+    assert fa["sessionId"] == fb["sessionId"] == start["sessionId"]
+    assert await db.fetchval("SELECT count(*) FROM call_history WHERE session_id = $1", start["sessionId"]) == 2
+    assert await db.fetchval("SELECT count(*) FROM cooldowns") == 1
+    assert await db.fetchval("SELECT count(*) FROM live_calls") == 0
+    print(f"call restored {recovered_s:.2f} s after the Redis restart")
+
+
+async def test_while_redis_is_down_routes_answer_503_json(stack, n1, http, rds):
+    try:
+        await rds.shutdown(nosave=True)
+    except Exception:
+        pass
+    try:
+        for _ in range(100):
+            if stack.pid("redis") is None:
+                break
+            await asyncio.sleep(0.05)
+        async with http.post(f"{n1.url}/auth/guest", json={"name": "Ada", "gender": "female"}) as resp:
+            assert resp.status == 503, await resp.text()
+            assert (await resp.json())["code"] == "unavailable" and resp.headers["Retry-After"] == "2"
+    finally:
+        stack.up()
+        await rds.connection_pool.disconnect()
+    async with http.post(f"{n1.url}/auth/guest", json={"name": "Ada", "gender": "female"}) as resp:
+        assert resp.status == 200
