@@ -100,7 +100,7 @@ class Realtime:
             "grace": departures.on_grace,
             "persist": rooms.on_persist,
         }, on_dead_sid=lambda d, sid: departures.socket_gone(d, sid, explicit=False),
-            on_registry_lost=self.reregister, on_nodes=self._nodes_seen)
+            on_registry_lost=self.reregister, on_nodes=self._nodes_seen, on_reconcile=self.reconcile)
         if isinstance(sio.manager, NodeManager):
             sio.manager.controls["access"] = self._access_changed
             sio.manager.emit_hooks.append(deps.deck.on_emit)
@@ -183,8 +183,10 @@ class Realtime:
         sender.bound_ms = now_ms()  # from here on, every emit to the user reaches this socket
         await self.sio.enter_room(sid, emit.session_room(sess))
         arrival = await presence.add_socket(self.deps.redis, uid, sid, self.deps.settings.node_id, sess)
-        if self.local.get(sid) is not sender:
-            # The socket went away while we were binding it; its disconnect found nothing to remove.
+        if self.local.get(sid) is not sender or not self.sio.manager.is_connected(sid, "/"):
+            # The socket went away while we were binding it (or while `auth` waited on Postgres, before
+            # it was ours to unbind): its disconnect found nothing to remove.
+            self.local.pop(sid, None)
             await departures.socket_gone(self.deps, sid, explicit=False)
             return
         structlog.contextvars.bind_contextvars(user_id=uid)
@@ -207,12 +209,18 @@ class Realtime:
                     "roomId": arrival.room_id, "peerUser": peer, "isInitiator": room["a"] == uid,
                     "agreedSeconds": int(room["agreed"]), "endsAt": int(room["deadline"]), "serverNow": now_ms()})
                 if arrival.was_away:
-                    await emit.to_member(deps, arrival.room_id, partner, "room:partner-reconnected", {"userId": uid})
+                    await self._partner_reconnected(uid, arrival.room_id)
         if arrival.finalized:
             session_id, _, _room = arrival.finalized.partition("|")
             await emit.to_sid(deps, sid, "session:finalized", {"sessionId": session_id})
         if arrival.incoming_invite:
             await _renotify(deps, sid, arrival.incoming_invite)
+
+    async def _partner_reconnected(self, user_id: str, room_id: str) -> None:
+        room = await state.get_room(self.deps.redis, room_id)
+        if room.get("state") == "active":
+            partner = room["b"] if room["a"] == user_id else room["a"]
+            await emit.to_member(self.deps, room_id, partner, "room:partner-reconnected", {"userId": user_id})
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         self.buckets.pop(sid, None)
@@ -226,6 +234,20 @@ class Realtime:
             await departures.socket_gone(self.deps, sid, explicit)
         except Exception:
             log.exception("disconnect_cleanup_failed", sid=sid)
+
+    async def reconcile(self) -> None:
+        """Periodic: a sid registered in Redis for this node that this node does not hold is a ghost
+        (a cleanup that failed halfway, a Redis error after the local pop): take it out, so its user
+        goes offline within one period (issue 11 §3)."""
+        registered = await presence.node_sids(self.deps.redis, self.deps.settings.node_id)
+        ghosts = [sid for sid in registered if sid not in self.local and not self.sio.manager.is_connected(sid, "/")]
+        for sid in ghosts:
+            try:
+                await departures.socket_gone(self.deps, sid, explicit=False)
+            except Exception:
+                log.exception("ghost_cleanup_failed", sid=sid)
+        if ghosts:
+            log.warning("ghosts_removed", sockets=len(ghosts))
 
     async def reregister(self) -> None:
         """Redis has no record of this node (start-up, or Redis lost its data): put this node's
@@ -243,9 +265,13 @@ class Realtime:
         readded = []
         for sender in list(self.local.values()):
             if sender.sid in self.local:
-                await presence.add_socket(self.deps.redis, sender.user_id, sender.sid, self.deps.settings.node_id,
-                                          sender.session_id)
+                arrival = await presence.add_socket(self.deps.redis, sender.user_id, sender.sid,
+                                                    self.deps.settings.node_id, sender.session_id)
                 readded.append(sender.sid)
+                if arrival.was_away and arrival.room_id:
+                    # This node was frozen long enough to be reaped (SIGSTOP, a long pause): the partner
+                    # was told we were gone; the call goes on (issue 11 §6).
+                    await self._partner_reconnected(sender.user_id, arrival.room_id)
         # Users whose sockets are in the queue room were in the deck: put them back (not if in a call).
         queued = self.sio.manager.rooms.get("/", {}).get(emit.QUEUE, {})
         for uid in {self.local[sid].user_id for sid in readded if sid in queued and sid in self.local}:

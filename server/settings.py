@@ -104,6 +104,7 @@ class Settings:
     deck_min_rebuild_seconds: float = 0.05  # a broadcast change waits at most this for its rebuild
     # Realtime core, faults (issue 11)
     store_timeout_seconds: float = 10.0  # every Postgres statement and Redis command (0 = none)
+    reconcile_seconds: float = 30.0  # how often a node drops sids registered for it that it does not hold
 
     # Referrals and the account lifecycle (issue 13; README "Introductions", "Account lifecycle")
     referral_code_ttl_days: int = 30  # a code lives this long after it was last generated

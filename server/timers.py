@@ -67,12 +67,16 @@ class Sweeper:
     def __init__(self, deps: Deps, handlers: dict[str, Handler],
                  on_dead_sid: Callable[[Deps, str], Awaitable[None]],
                  on_registry_lost: Callable[[], Awaitable[None]],
-                 on_nodes: Callable[[str, set[str]], None] = lambda _me, _alive: None) -> None:
+                 on_nodes: Callable[[str, set[str]], None] = lambda _me, _alive: None,
+                 on_reconcile: Callable[[], Awaitable[None]] | None = None) -> None:
         self.deps = deps
         self.handlers = handlers
         self.on_dead_sid = on_dead_sid
         self.on_registry_lost = on_registry_lost
         self.on_nodes = on_nodes
+        self.on_reconcile = on_reconcile
+        self._reconciled = time.monotonic()
+        self._reconciler: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._beat_task: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -89,7 +93,7 @@ class Sweeper:
         # A flag as well as cancel(): a cancellation swallowed inside a client library must not
         # keep the loop (and the shutdown waiting on it) alive.
         self._stopping = True
-        tasks = [t for t in (self._task, self._beat_task, self._reaper) if t is not None]
+        tasks = [t for t in (self._task, self._beat_task, self._reaper, self._reconciler) if t is not None]
         for t in tasks:
             t.cancel()
         if tasks:
@@ -135,6 +139,20 @@ class Sweeper:
         dead = [n for n, at in seen.items() if at < stale_before]
         if dead and (self._reaper is None or self._reaper.done()):
             self._reaper = asyncio.create_task(self._reap(dead, stale_before), name="node-reaper")
+        mono = time.monotonic()
+        if self.on_reconcile is not None and mono - self._reconciled >= s.reconcile_seconds \
+                and (self._reconciler is None or self._reconciler.done()):
+            self._reconciled = mono
+            self._reconciler = asyncio.create_task(self._reconcile(), name="ghost-reconciler")
+
+    async def _reconcile(self) -> None:
+        assert self.on_reconcile is not None
+        try:
+            await self.on_reconcile()
+        except STORE_DOWN as exc:
+            log.warning("reconcile_store_unavailable", error=repr(exc))
+        except Exception:
+            log.exception("reconcile_failed")
 
     async def _reap(self, dead: list[str], stale_before: int) -> None:
         for node in dead:

@@ -157,6 +157,10 @@ async def heartbeat(redis: aioredis.Redis, node: str, now_ms: int) -> None:
     await redis.hset("nodes", node, now_ms)
 
 
+async def node_sids(redis: aioredis.Redis, node: str) -> set[str]:
+    return {str(s) for s in await redis.smembers(f"node:{node}:sids")}
+
+
 async def nodes_seen(redis: aioredis.Redis) -> dict[str, int]:
     """Every registered node and its last heartbeat (ms)."""
     return {str(n): int(seen) for n, seen in (await redis.hgetall("nodes")).items()}

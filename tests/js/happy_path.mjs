@@ -220,10 +220,12 @@ try {
     caller.emit("call:end", { roomId });
     const [fa, fb] = await Promise.all([caller.wait("session:finalized"), callee.wait("session:finalized")]);
     check(fa.sessionId === startA.sessionId && fb.sessionId === startA.sessionId, "session:finalized sessionId");
-    // The old room page's own countdown also sends call:end: answered with a replay, to that socket only.
+    // The old room page's own countdown also sends call:end: that socket was told already, so nothing
+    // more (§3.3). Sentinel: a call:end for no room is answered after it.
     callee.emit("call:end", { roomId });
-    await callee.wait("session:finalized");
-    await sleep(200);
+    callee.emit("call:end", { roomId: "sentinel" });
+    await callee.wait("call:error", { where: (d) => d.code === "NOT_PARTICIPANT" });
+    check(callee.count("session:finalized") === 1, "callee got a second session:finalized");
     check(caller.count("session:finalized") === 1, "caller got a second session:finalized");
     return fa;
   });
