@@ -32,7 +32,7 @@ from server.presence import state as presence
 from server.presence.deck import Deck
 from server.referrals import notifications as referral_notifications
 from server.settings import Settings
-from server.timers import Sweeper, now_ms
+from server.timers import STORE_DOWN, Sweeper, now_ms
 
 log = structlog.get_logger(__name__)
 SIO = web.AppKey("sio", socketio.AsyncServer)
@@ -232,6 +232,8 @@ class Realtime:
             return
         try:
             await departures.socket_gone(self.deps, sid, explicit)
+        except STORE_DOWN as exc:  # an outage: the reconciliation takes the registration out later
+            log.warning("disconnect_cleanup_deferred", sid=sid, error=repr(exc))
         except Exception:
             log.exception("disconnect_cleanup_failed", sid=sid)
 
@@ -306,6 +308,9 @@ class Realtime:
                 return await emit.call_error(deps, sid, "INVALID_PAYLOAD", f"{spec.name}: {exc.message}")
             try:
                 await spec.handler(deps, sender, data if isinstance(data, dict) else {})
+            except STORE_DOWN as exc:
+                log.warning("event_store_unavailable", event_name=spec.name, sid=sid, error=repr(exc))
+                await emit.call_error(deps, sid, "UNAVAILABLE", "Service temporarily unavailable, try again")
             except Exception:
                 log.exception("event_failed", event_name=spec.name, sid=sid)
                 await emit.call_error(deps, sid, "INTERNAL", "Something went wrong")

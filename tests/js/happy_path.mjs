@@ -33,6 +33,7 @@ function sameKeys(obj, keys, what) {
 class Client {
   constructor(name, url, token, transports) {
     this.name = name;
+    this.token = token;
     this.events = [];
     this.seen = new Map();
     this.listeners = new Set();
@@ -221,10 +222,10 @@ try {
     const [fa, fb] = await Promise.all([caller.wait("session:finalized"), callee.wait("session:finalized")]);
     check(fa.sessionId === startA.sessionId && fb.sessionId === startA.sessionId, "session:finalized sessionId");
     // The old room page's own countdown also sends call:end: that socket was told already, so nothing
-    // more (§3.3). Sentinel: a call:end for no room is answered after it.
+    // more (§3.3). Sentinel: an `auth` (as socket.ts sends) is answered after it.
     callee.emit("call:end", { roomId });
-    callee.emit("call:end", { roomId: "sentinel" });
-    await callee.wait("call:error", { where: (d) => d.code === "NOT_PARTICIPANT" });
+    callee.emit("auth", { sessionToken: callee.token });
+    await callee.wait("auth:success");
     check(callee.count("session:finalized") === 1, "callee got a second session:finalized");
     check(caller.count("session:finalized") === 1, "caller got a second session:finalized");
     return fa;

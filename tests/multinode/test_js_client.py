@@ -55,7 +55,7 @@ async def test_js_client_happy_path_across_nodes(node_bin, users, n1, n2, db):
     for side in ("caller", "callee"):
         names = result["events"][side]
         assert names.count("call:start") == 1 and "call:error" not in names and "error" not in names, names
-    assert result["events"]["callee"].count("session:finalized") == 2  # the finalisation + its own late call:end
+    assert result["events"]["callee"].count("session:finalized") == 1  # its own late call:end: told already
     rows = await db.fetch("SELECT user_id::text, duration_seconds FROM call_history WHERE session_id = $1",
                           result["sessionId"])
     assert sorted(r["user_id"] for r in rows) == sorted([a["userId"], b["userId"]])
