@@ -18,7 +18,7 @@ from engineio.async_drivers import aiohttp as eio_aiohttp
 
 from server import emit
 from server.accounts.sessions import Principal, authenticate
-from server.calls import departures, invites, resume, rooms, state
+from server.calls import cooldowns, departures, invites, resume, rooms, state
 from server.calls import events as _call_events  # noqa: F401  (registers handlers)
 from server.calls.cooldowns import rebuild_if_lost
 from server.deps import Deps
@@ -99,6 +99,7 @@ class Realtime:
             "deadline": rooms.on_deadline,
             "grace": departures.on_grace,
             "persist": rooms.on_persist,
+            "cooldown": cooldowns.on_timer,
         }, on_dead_sid=lambda d, sid: departures.socket_gone(d, sid, explicit=False),
             on_registry_lost=self.reregister, on_nodes=self._nodes_seen, on_reconcile=self.reconcile)
         if isinstance(sio.manager, NodeManager):

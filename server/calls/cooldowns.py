@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import structlog
 
+from server import timers
 from server.calls import store
 from server.calls.policy import COOLDOWN_REASON, pair
 from server.deps import Deps
+
+RETRY_MS = 2_000
 
 log = structlog.get_logger(__name__)
 
@@ -23,6 +27,24 @@ async def persist(deps: Deps, a: str, b: str, ms: int, outcome: str) -> None:
     x, y = pair(a, b)
     await store.upsert_cooldown(deps.db, x, y, datetime.now(UTC) + timedelta(milliseconds=ms),
                                 COOLDOWN_REASON.get(outcome, "call"))
+
+
+async def persist_or_defer(deps: Deps, a: str, b: str, ms: int, outcome: str) -> None:
+    """persist(), or, when Postgres fails, a `cooldown` timer that retries it until it is written."""
+    if ms <= 0:
+        return
+    try:
+        await persist(deps, a, b, ms, outcome)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        until = timers.now_ms() + ms
+        log.warning("cooldown_persist_deferred", error=repr(exc))
+        await timers.schedule(deps, "cooldown", f"{a}|{b}|{until}|{outcome}", timers.now_ms() + RETRY_MS)
+
+
+async def on_timer(deps: Deps, ident: str) -> None:
+    """Timer: write a deferred cooldown (raises while Postgres is still down: retried after the lease)."""
+    a, b, until, outcome = ident.split("|")
+    await persist(deps, a, b, int(until) - timers.now_ms(), outcome)
 
 
 async def rebuild_if_lost(deps: Deps) -> int:

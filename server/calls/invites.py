@@ -185,8 +185,10 @@ async def expire(deps: Deps, invite_id: str) -> None:
 
 
 async def announce_end(deps: Deps, e: state.Ended) -> None:
-    """Make the invite's cooldown durable, then tell each side how it ended."""
-    await cooldowns.persist(deps, e.caller, e.callee, e.cooldown_ms, e.outcome)
+    """Make the invite's cooldown durable, then tell each side how it ended. The Redis script already
+    set the cooldown, so a Postgres failure defers the durable copy (a timer retries it) instead of
+    leaving the outcome unannounced (issue 11 §4)."""
+    await cooldowns.persist_or_defer(deps, e.caller, e.callee, e.cooldown_ms, e.outcome)
     to_caller = {"decline": "user_declined", "timeout": "timeout", "expire": "timeout",
                  "callee_gone": "offline", "busy": _reason_for(e.caller_caps, "busy")}.get(e.outcome)
     if to_caller:
