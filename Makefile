@@ -12,9 +12,12 @@ run:  ## install what is missing, start the local stack, serve on http://127.0.0
 	@deploy/bootstrap.sh run
 	@$(PY) -m server run
 
+# The suite mostly waits (timers, sockets, browsers), so two workers, each with its own services,
+# halve the wall time on two cores. Whole files go to one worker: a file's nodes are shared.
+TEST_WORKERS ?= 2
 test:  ## the whole suite against throwaway real services
 	@deploy/bootstrap.sh test
-	@$(PY) -m pytest $(PYTEST_ARGS)
+	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench:  ## measurements that print numbers against an in-run baseline (not part of make test)
 	@deploy/bootstrap.sh test

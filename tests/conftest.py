@@ -20,12 +20,20 @@ from server.settings import Settings
 from server.stack import Stack, free_port
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+# `make test` runs the suite in several pytest-xdist workers ("gw0", "gw1"...), each with its own
+# services; what a worker writes by name (node logs) goes to a directory of its own.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+
+
+def worker_artifacts(name: str) -> Path:
+    return ARTIFACTS / (f"{name}-{WORKER}" if WORKER else name)
 
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     root = Path(tempfile.mkdtemp(prefix="napalm-test-"))
-    base = 21000 + (os.getpid() % 50) * 200  # a relay range of our own, below the ephemeral range
+    # A relay range of our own, below the ephemeral range; xdist workers never share one.
+    base = 21000 + ((os.getpid() % 12) * 4 + int(WORKER[2:] or 0) % 4) * 200
     st = Stack(root=root, ports={n: free_port() for n in ("postgres", "redis", "s3", "turn")}, durable=False,
                turn_secret="test-turn-secret", turn_realm="napalm.test", relay_ports=(base, base + 199))
     st.up()
@@ -48,7 +56,7 @@ def stripe_emulator() -> Iterator[Any]:
     from server.payments.emulator import EmulatorProcess
 
     em = EmulatorProcess(free_port(), "sk_test_emulator", "whsec_test_emulator", [],
-                         ARTIFACTS / "stripe-emulator.log").start()
+                         worker_artifacts("stripe-emulator") / "emulator.log").start()
     try:
         yield em
     finally:

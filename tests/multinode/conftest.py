@@ -31,10 +31,10 @@ import redis.asyncio as aioredis
 
 from server.settings import Settings
 from server.stack import REPO, Stack, free_port
-from tests.conftest import ARTIFACTS, reset_state
+from tests.conftest import reset_state, worker_artifacts
 from tests.rt import Peer
 
-LOGS = ARTIFACTS / "multinode"
+LOGS = worker_artifacts("multinode")
 
 # Short timers (the protocol values are 20 s / 5 s / 15 s ...): the suite runs in minutes.
 BASE_ENV = {
