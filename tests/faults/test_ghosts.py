@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from tests.faults.conftest import call_across
 from tests.multinode.conftest import eventually
 
 
@@ -38,16 +39,7 @@ async def test_each_nodes_ghosts_go_offline_within_the_period(users, peers, n1, 
 
 async def test_a_ghost_in_a_call_ends_it_properly_for_the_partner(users, peers, n1, n2, rds):
     """A ghost in a call: once taken out, its grace runs and the partner gets the usual end."""
-    a, b = await users.make(n1, "A"), await users.make(n2, "B")
-    pa, pb = await peers(n1, a, "A"), await peers(n2, b, "B")
-    await pb.emit("queue:join")
-    await pb.wait("queue:update", where=lambda d: d["userId"] == b["userId"])
-    await pa.emit("call:invite", {"toUserId": b["userId"], "requestedSeconds": 60})
-    await pb.emit("call:accept", {"inviteId": (await pb.wait("call:notify"))["inviteId"], "requestedSeconds": 60})
-    room = (await pa.wait("call:start"))["roomId"]
-    await pb.wait("call:start")
-    await pa.emit("room:join", {"roomId": room})
-    await pa.wait("room:joined")
+    _a, b, pa, pb, _start = await call_across(users, peers, n1, n2, 60, join=True)
     # B's socket vanishes from n2's memory without its cleanup (we cut it and re-plant the registration).
     node2 = (await rds.hgetall(f"sid:{pb.sio.get_sid()}"))["node"]
     sid = pb.sio.get_sid()

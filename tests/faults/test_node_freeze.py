@@ -8,21 +8,13 @@ import asyncio
 import signal
 import time
 
+from tests.faults.conftest import call_across
 from tests.multinode.conftest import GRACE_S
 
 
 async def test_partner_reconnected_after_a_freeze(users, peers, n1, n2, rds):
-    a, b = await users.make(n1, "A"), await users.make(n2, "B")
-    pa, pb = await peers(n1, a, "A"), await peers(n2, b, "B")
-    await pb.emit("queue:join")
-    await pb.wait("queue:update", where=lambda d: d["userId"] == b["userId"])
-    await pa.emit("call:invite", {"toUserId": b["userId"], "requestedSeconds": 120})
-    await pb.emit("call:accept", {"inviteId": (await pb.wait("call:notify"))["inviteId"], "requestedSeconds": 120})
-    room = (await pa.wait("call:start"))["roomId"]
-    await pb.wait("call:start")
-    for p in (pa, pb):
-        await p.emit("room:join", {"roomId": room})
-        await p.wait("room:joined")
+    _a, b, pa, pb, start = await call_across(users, peers, n1, n2, join=True)
+    room = start["roomId"]
 
     assert n2.proc is not None
     n2.proc.send_signal(signal.SIGSTOP)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from tests.faults.conftest import call_across
 from tests.multinode.conftest import eventually, get_json
 
 
@@ -27,22 +28,12 @@ async def _restart_redis_empty(stack, rds) -> float:
 
 
 async def test_redis_restart_mid_call_restores_the_call(stack, users, peers, n1, n2, db, rds, http):
-    a, b = await users.make(n1, "A"), await users.make(n2, "B")
-    pa, pb = await peers(n1, a, "A"), await peers(n2, b, "B")
     q = await users.make(n1, "Queued")
     pq = await peers(n2, q, "Q")
     await pq.emit("queue:join")
     await pq.wait("queue:update", where=lambda d: d["userId"] == q["userId"])
-    await pb.emit("queue:join")
-    await pb.wait("queue:update", where=lambda d: d["userId"] == b["userId"])
-    await pa.emit("call:invite", {"toUserId": b["userId"], "requestedSeconds": 120})
-    await pb.emit("call:accept", {"inviteId": (await pb.wait("call:notify"))["inviteId"], "requestedSeconds": 120})
-    start = await pa.wait("call:start")
-    await pb.wait("call:start")
+    a, _b, pa, pb, start = await call_across(users, peers, n1, n2, join=True)
     room = start["roomId"]
-    for p in (pa, pb):
-        await p.emit("room:join", {"roomId": room})
-        await p.wait("room:joined")
     assert await db.fetchval("SELECT count(*) FROM live_calls WHERE room_id = $1", room) == 1
 
     t0 = await _restart_redis_empty(stack, rds)

@@ -9,6 +9,7 @@ import asyncio
 import asyncpg
 import pytest
 
+from tests.faults.conftest import call_across
 from tests.multinode.conftest import GRACE_S, INVITE_GRACE_S, INVITE_TTL_S
 
 
@@ -18,14 +19,8 @@ def node_env() -> dict[str, str]:
 
 
 async def test_a_node_stalled_in_timer_work_keeps_its_calls(users, peers, n1, n2, settings, rds):
-    c, d = await users.make(n1, "C"), await users.make(n2, "D")
-    pc, pd = await peers(n1, c, "C"), await peers(n2, d, "D")
-    await pd.emit("queue:join")
-    await pd.wait("queue:update", where=lambda x: x["userId"] == d["userId"])
-    await pc.emit("call:invite", {"toUserId": d["userId"], "requestedSeconds": 600})
-    await pd.emit("call:accept", {"inviteId": (await pd.wait("call:notify"))["inviteId"], "requestedSeconds": 600})
-    room = (await pc.wait("call:start"))["roomId"]
-    await pd.wait("call:start")
+    c, d, pc, pd, start = await call_across(users, peers, n1, n2, 600, ("C", "D"))
+    room = start["roomId"]
 
     # An invite left to expire: whichever node's sweeper claims its timer writes the 1 h cooldown to
     # Postgres, where the table is locked: that node's timer loop stalls.
