@@ -183,7 +183,10 @@ class Bench:
             first = json.loads(proc.stdout.readline())
             on_ready(first)
             proc.stdin.close()
-        out, _ = proc.communicate(timeout=1800)
+            out = proc.stdout.read()
+            proc.wait(1800)
+        else:
+            out, _ = proc.communicate(timeout=1800)
         lines = [json.loads(x) for x in out.splitlines() if x.strip()]
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"load generator failed ({proc.returncode}): {out[-2000:]}")

@@ -54,7 +54,7 @@ def make_s3_client(s: Settings):  # type: ignore[no-untyped-def]
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS]
     db = await create_pool(s.database_url, s.db_pool_min, s.db_pool_max, s.store_timeout_seconds or None)
-    redis = create_redis(s.redis_url, s.store_timeout_seconds or None)
+    redis = create_redis(s.redis_url, s.store_timeout_seconds or None, s.redis_pool_max)
     s3 = await asyncio.to_thread(make_s3_client, s)
     deps = Deps(settings=s, db=db, redis=redis, s3=s3)
     app[DEPS] = deps

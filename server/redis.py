@@ -31,10 +31,14 @@ class InstrumentedRedis(aioredis.Redis):
             REDIS_LATENCY.labels(command, outcome).observe(time.perf_counter() - started)
 
 
-def create_redis(url: str, timeout_s: float | None = None) -> aioredis.Redis:
-    """timeout_s bounds connecting and every command: a stalled Redis fails a call instead of hanging it."""
-    return InstrumentedRedis.from_url(url, decode_responses=True, health_check_interval=30,
-                                      socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+def create_redis(url: str, timeout_s: float | None = None, max_connections: int = 64) -> aioredis.Redis:
+    """A deliberately sized pool that makes a burst wait for a free connection (up to timeout_s) instead
+    of failing with MaxConnectionsError; timeout_s also bounds connecting and every command, so a
+    stalled Redis fails a call instead of hanging it."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=timeout_s or 20, decode_responses=True,
+        health_check_interval=30, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return InstrumentedRedis.from_pool(pool)
 
 
 class Script:

@@ -173,3 +173,21 @@ async def test_a_lone_node_publishes_nothing(db, settings, aiohttp_client):
         for p in made:
             await p.close()
         await sub.aclose()
+
+
+async def test_a_burst_beyond_the_redis_pool_waits_instead_of_failing(db, settings, aiohttp_client):
+    """Issue 10 §2: more concurrent events than pooled Redis connections (2 here) all succeed."""
+    from server.app import create_app
+
+    client = await aiohttp_client(create_app(settings.with_(redis_pool_max=2)))
+    users = [await make_user(client, db, f"U{i}") for i in range(12)]
+    peers = [await Peer(str(client.make_url("/")), u["sessionToken"], u["userId"]).connect() for u in users]
+    try:
+        await asyncio.gather(*(p.emit("queue:join") for p in peers))
+        for p in peers:
+            await p.wait("queue:update", where=lambda d, p=p: d["userId"] == p.user_id)
+            assert p.all("call:error") == []
+        assert await client.app[DEPS].redis.scard("available") == len(users)
+    finally:
+        for p in peers:
+            await p.close()
