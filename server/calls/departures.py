@@ -9,6 +9,7 @@ from typing import Any
 import structlog
 
 from server import emit
+from server.accounts import sessions
 from server.calls import invites, rooms, state
 from server.deps import Deps
 from server.presence import state as presence
@@ -76,6 +77,7 @@ async def cut_user(deps: Deps, user_id: str, message: str = "Your account has be
 
 async def invalidate_sessions(deps: Deps, session_ids: list[str], delay_s: float = 1.0) -> None:
     """A newer login replaced these sessions: notify their sockets, then disconnect them (§6 D12)."""
+    await sessions.revoked(deps, session_ids)
     for sess in session_ids:
         await deps.sio.emit("session:invalidated", {
             "message": "You signed in on another device. This session has ended.", "reason": "new_login"},

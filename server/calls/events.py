@@ -7,14 +7,21 @@ from typing import Any
 from server.calls import invites, rooms
 from server.deps import Deps
 from server.events import ID, SDP_MAX_BYTES, Sender, obj, on
+from server.ids import canonical_user_id
 
 SECONDS: dict[str, Any] = {}  # any JSON value: numbers are clamped, anything else is invalid_duration
 SDP = {"type": "string", "maxLength": 100 * 1024}
 
 
+def _user_id(value: str) -> str:
+    """One spelling of user ids past the socket edge (server/ids.py); a non-id stays as sent and
+    matches nobody (invite answers user_not_found, rescind/extend INVITE_NOT_FOUND)."""
+    return canonical_user_id(value) or value
+
+
 @on("call:invite", obj(["toUserId"], toUserId=ID, requestedSeconds=SECONDS))
 async def call_invite(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
-    await invites.invite(deps, s, d["toUserId"], d.get("requestedSeconds", 300))
+    await invites.invite(deps, s, _user_id(d["toUserId"]), d.get("requestedSeconds", 300))
 
 
 @on("call:accept", obj(["inviteId"], inviteId=ID, requestedSeconds=SECONDS))
@@ -29,12 +36,12 @@ async def call_decline(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
 
 @on("call:rescind", obj(["toUserId"], toUserId=ID))
 async def call_rescind(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
-    await invites.rescind(deps, s, d["toUserId"])
+    await invites.rescind(deps, s, _user_id(d["toUserId"]))
 
 
 @on("call:extend-wait", obj(["toUserId"], toUserId=ID))
 async def call_extend_wait(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
-    await invites.extend_wait(deps, s, d["toUserId"])
+    await invites.extend_wait(deps, s, _user_id(d["toUserId"]))
 
 
 @on("room:join", obj(["roomId"], roomId=ID))

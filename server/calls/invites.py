@@ -16,17 +16,11 @@ from server.calls import cooldowns, state, store
 from server.calls.policy import DECLINE_AS_TIMEOUT_MS, clamp_seconds
 from server.deps import Deps
 from server.events import Sender
+from server.ids import canonical_user_id
 from server.presence import gate
 from server.timers import now_ms
 
 log = structlog.get_logger(__name__)
-
-
-def _uuid_or_none(value: str) -> str | None:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        return None
 
 
 def _reason_for(caps: str, reason: str) -> str:
@@ -51,9 +45,9 @@ async def invite(deps: Deps, sender: Sender, to_user: str, requested: Any) -> No
     async def reject(reason: str) -> None:
         await _declined(deps, ("sid", sender.sid), invite_id, to_user, _reason_for(caps, reason))
 
-    if to_user == me:
+    target_id = canonical_user_id(to_user)  # any spelling of one's own id is oneself (issue 12 §4)
+    if target_id == me:
         return await reject("invalid_target")
-    target_id = _uuid_or_none(to_user)
     if not await _may_call(deps, sender):
         return None
     cards = await deps.deck.cards_of(deps, [me] + ([target_id] if target_id else []))

@@ -25,6 +25,7 @@ ROOM_KEEP_SECONDS = 600  # a finalised room's record outlives it for replays and
 _INVITE_CREATE = Script(
     """
     local caller, callee, id = ARGV[1], ARGV[2], ARGV[3]
+    if caller == callee then return 'invalid_target' end  -- ids arrive canonical (server/ids.py)
     if redis.call('EXISTS', 'u:' .. caller .. ':room') == 1 then return 'caller_busy' end
     if redis.call('EXISTS', 'u:' .. caller .. ':out') == 1 then return 'already_pending' end
     if redis.call('SISMEMBER', 'online', callee) == 0 or redis.call('SISMEMBER', 'available', callee) == 0 then
