@@ -15,10 +15,11 @@ class Sender:
     """The authenticated socket an event came from, with what it may do (paid and ban status as
     of `access_at`, monotonic; None once `access.changed()` invalidated it)."""
 
-    __slots__ = ("access", "access_at", "bound_ms", "caps", "session_id", "sid", "user_id")
+    __slots__ = ("access", "access_at", "bound_ms", "caps", "checked_at", "expires_at", "session_id", "sid",
+                 "token_hash", "user_id")
 
     def __init__(self, sid: str, user_id: str, session_id: str, caps: frozenset[str],
-                 access: tuple[str, str] | None = None) -> None:
+                 access: tuple[str, str] | None = None, token_hash: bytes = b"", expires_at: float = 0.0) -> None:
         self.sid = sid
         self.user_id = user_id
         self.session_id = session_id
@@ -26,6 +27,10 @@ class Sender:
         self.access = access  # (paid_status, ban_status)
         self.access_at = time.monotonic()
         self.bound_ms = 0  # wall clock (ms) at which the socket joined its user room (realtime.bind)
+        # The session the socket speaks for: its expiry (epoch s) and when it was last read (monotonic).
+        self.token_hash = token_hash
+        self.expires_at = expires_at
+        self.checked_at = time.monotonic()
 
 
 Handler = Callable[[Deps, Sender, dict[str, Any]], Awaitable[None]]

@@ -17,7 +17,7 @@ from aiohttp.web import WebSocketResponse
 from engineio.async_drivers import aiohttp as eio_aiohttp
 
 from server import emit
-from server.accounts.sessions import Principal, authenticate
+from server.accounts.sessions import Principal, authenticate_hash, hash_token
 from server.calls import cooldowns, departures, invites, resume, rooms, state
 from server.calls import events as _call_events  # noqa: F401  (registers handlers)
 from server.calls.cooldowns import rebuild_if_lost
@@ -25,7 +25,7 @@ from server.deps import Deps
 from server.errors import ApiError
 from server.events import EVENTS, EventSpec, Sender, obj
 from server.fanout import NodeManager
-from server.httpio import validate
+from server.httpio import client_ip, ip_scope, validate
 from server.presence import events as _presence_events  # noqa: F401  (registers handlers)
 from server.presence import gate
 from server.presence import state as presence
@@ -77,6 +77,9 @@ def attach(app: web.Application, settings: Settings) -> socketio.AsyncServer:
     return sio
 
 
+_SESSION_CACHE_MAX = 50_000  # entries; a full cache is dropped whole (it is only a cache)
+
+
 class _Bucket:
     __slots__ = ("last", "tokens", "warned")
 
@@ -91,7 +94,11 @@ class Realtime:
         self.deps = deps
         self.sio = sio
         self.local: dict[str, Sender] = {}  # authenticated sockets on this node
-        self.buckets: dict[str, _Bucket] = {}
+        self.buckets: dict[str, _Bucket] = {}  # every socket of this node, authenticated or not
+        self.sessions: dict[bytes, tuple[float, Principal]] = {}  # token hash -> (read at, session)
+        self.scope_of: dict[str, str] = {}  # sid -> its client address scope (httpio.ip_scope)
+        self.per_scope: dict[str, int] = {}  # sockets held per address scope
+        self.deadlines: dict[str, asyncio.TimerHandle] = {}  # authentication deadlines
         self.tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
         self.sweeper = Sweeper(deps, {
@@ -104,6 +111,7 @@ class Realtime:
             on_registry_lost=self.reregister, on_nodes=self._nodes_seen, on_reconcile=self.reconcile)
         if isinstance(sio.manager, NodeManager):
             sio.manager.controls["access"] = self._access_changed
+            sio.manager.controls["sessions"] = self._sessions_revoked
             sio.manager.emit_hooks.append(deps.deck.on_emit)
         sio.on("connect", self.on_connect)
         sio.on("disconnect", self.on_disconnect)
@@ -113,6 +121,7 @@ class Realtime:
 
     def _access_changed(self, msg: dict[str, Any]) -> None:
         uid = str(msg.get("user", ""))
+        self.forget_sessions(uid)
         local_sids = list(self.sio.manager.rooms.get("/", {}).get(emit.user_room(uid), {}))
         gate.invalidate(self.deps, local_sids, self.local, uid)
 
@@ -122,26 +131,68 @@ class Realtime:
             self.sio.manager.saw_nodes(bool(alive - {me}), window)
 
     # ---- connection ----
-    async def on_connect(self, sid: str, _environ: dict[str, Any], auth: Any = None) -> None:
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        """Admit a socket, or refuse it. Whatever happens here (Postgres failing included) either
+        leaves a fully registered socket or refuses the connection with nothing kept (issue 12 §2):
+        python-socketio leaves a half-open connection behind any other exception."""
         s = self.deps.settings
-        if len(self.buckets) >= s.max_sockets:
+        if len(self.local) >= s.max_sockets:  # the node cap counts authenticated sockets only
             raise socketio.exceptions.ConnectionRefusedError("Server at capacity, please try again shortly")
+        request = environ.get("aiohttp.request")
+        scope = ip_scope(client_ip(request, s.trusted_proxy_hops)) if request is not None else "unknown"
+        if self.per_scope.get(scope, 0) >= s.max_sockets_per_address:
+            raise socketio.exceptions.ConnectionRefusedError("Too many connections from your network")
+        admitted = False
         self.buckets[sid] = _Bucket(s.socket_event_burst)
-        token = auth.get("token") if isinstance(auth, dict) else None
-        if not isinstance(token, str) or not token:
-            return  # unauthenticated until the `auth` event (§3.1)
+        self.scope_of[sid] = scope
+        self.per_scope[scope] = self.per_scope.get(scope, 0) + 1
         try:
-            principal = await authenticate(self.deps, token)
-        except ApiError as exc:
-            if exc.code == "banned":
-                self.buckets.pop(sid, None)
-                raise socketio.exceptions.ConnectionRefusedError("Account suspended") from None
-            return  # the later `auth` event gets auth:failed
-        caps = _caps(auth)
-        # Emits are only delivered once the CONNECT packet is out: bind right after this handler.
-        self._spawn(self._bind_when_connected(sid, principal, caps))
+            # Unauthenticated sockets get a deadline (cancelled by bind): idle ones cannot pile up.
+            self.deadlines[sid] = asyncio.get_running_loop().call_later(
+                s.socket_auth_deadline_seconds, self._auth_deadline, sid)
+            token = auth.get("token") if isinstance(auth, dict) else None
+            if isinstance(token, str) and token:
+                try:
+                    principal = await self._authenticate(token)
+                except ApiError as exc:
+                    if exc.code == "banned":
+                        raise socketio.exceptions.ConnectionRefusedError("Account suspended") from None
+                    principal = None  # the later `auth` event gets auth:failed
+                if principal is not None:
+                    # Emits are only delivered once the CONNECT packet is out: bind right after this handler.
+                    self._spawn(self._bind_when_connected(sid, principal, _caps(auth), hash_token(token)))
+            admitted = True  # unauthenticated until the `auth` event (§3.1)
+        except socketio.exceptions.ConnectionRefusedError:
+            raise
+        except Exception as exc:  # a store outage: refuse now, the client retries
+            log.warning("connect_refused_store", sid=sid, error=repr(exc))
+            raise socketio.exceptions.ConnectionRefusedError("Service temporarily unavailable, try again") from None
+        finally:
+            if not admitted:
+                self._forget(sid)
 
-    async def _bind_when_connected(self, sid: str, principal: Principal, caps: frozenset[str]) -> None:
+    def _forget(self, sid: str) -> None:
+        """Drop this node's per-socket bookkeeping (refused connect or disconnect)."""
+        self.buckets.pop(sid, None)
+        handle = self.deadlines.pop(sid, None)
+        if handle is not None:
+            handle.cancel()
+        scope = self.scope_of.pop(sid, None)
+        if scope is not None:
+            left = self.per_scope.get(scope, 0) - 1
+            if left > 0:
+                self.per_scope[scope] = left
+            else:
+                self.per_scope.pop(scope, None)
+
+    def _auth_deadline(self, sid: str) -> None:
+        self.deadlines.pop(sid, None)
+        if sid not in self.local and sid in self.buckets:
+            log.info("socket_auth_deadline", sid=sid)
+            self._spawn(self.sio.disconnect(sid))
+
+    async def _bind_when_connected(self, sid: str, principal: Principal, caps: frozenset[str],
+                                   token_hash: bytes) -> None:
         for _ in range(200):
             if self.sio.manager.is_connected(sid, "/"):
                 break
@@ -149,15 +200,46 @@ class Realtime:
         else:
             return
         try:
-            await self.bind(sid, principal, caps)
+            await self.bind(sid, principal, caps, token_hash)
         except Exception:
             log.exception("bind_failed", sid=sid)
 
+    async def _authenticate(self, token: Any) -> Principal:
+        """`authenticate`, with valid sessions cached for SESSION_CACHE_SECONDS per node (issue 12 §3):
+        reconnect storms and repeated `auth` events with one token cost one query. Entries go with
+        access.changed (bans) and revocations (`forget_session`); the socket itself re-reads its
+        session every SESSION_RECHECK_SECONDS (`_session_ok`)."""
+        if not isinstance(token, str) or not token or len(token) > 256:
+            from server.accounts.sessions import authenticate
+
+            return await authenticate(self.deps, token if isinstance(token, str) else None)
+        key, now = hash_token(token), time.monotonic()
+        hit = self.sessions.get(key)
+        if hit is not None and now - hit[0] < self.deps.settings.session_cache_seconds \
+                and hit[1].expires_at.timestamp() > time.time():
+            return hit[1]
+        principal = await authenticate_hash(self.deps, key)
+        if len(self.sessions) >= _SESSION_CACHE_MAX:
+            self.sessions.clear()
+        self.sessions[key] = (now, principal)
+        return principal
+
+    def forget_sessions(self, user_id: str = "", session_ids: frozenset[str] = frozenset()) -> None:
+        for key in [k for k, (_, p) in self.sessions.items()
+                    if str(p.user_id) == user_id or str(p.session_id) in session_ids]:
+            self.sessions.pop(key, None)
+
+    def _sessions_revoked(self, msg: dict[str, Any]) -> None:
+        ids = msg.get("ids")
+        self.forget_sessions(session_ids=frozenset(str(i) for i in ids) if isinstance(ids, list) else frozenset())
+
     async def on_auth(self, sid: str, data: Any = None) -> None:
+        if not self._take(sid):  # `auth` spends from the socket's bucket like every event
+            return
         data = data if isinstance(data, dict) else {}
         try:
             validate(data, AUTH_SCHEMA)
-            principal = await authenticate(self.deps, data.get("sessionToken"))
+            principal = await self._authenticate(data.get("sessionToken"))
         except ApiError as exc:
             if exc.code == "banned":
                 await emit.to_sid(self.deps, sid, "auth:banned", {"message": exc.extra.get("message", exc.message),
@@ -166,20 +248,36 @@ class Realtime:
                 return
             await emit.to_sid(self.deps, sid, "auth:failed", {"message": exc.message})
             return
-        await self.bind(sid, principal, _caps(data))
+        except STORE_DOWN as exc:
+            log.warning("auth_store_unavailable", sid=sid, error=repr(exc))
+            await emit.to_sid(self.deps, sid, "auth:failed", {"message": "Service temporarily unavailable, try again"})
+            return
+        await self.bind(sid, principal, _caps(data), hash_token(data["sessionToken"]))
 
-    async def bind(self, sid: str, principal: Principal, caps: frozenset[str]) -> None:
+    async def bind(self, sid: str, principal: Principal, caps: frozenset[str], token_hash: bytes) -> None:
         uid, sess = str(principal.user_id), str(principal.session_id)
         current = self.local.get(sid)
         if current is not None and current.user_id == uid:
             current.caps = caps or current.caps
             current.access, current.access_at = (principal.paid_status, principal.ban_status), time.monotonic()
+            current.token_hash, current.expires_at = token_hash, principal.expires_at.timestamp()
+            current.session_id, current.checked_at = sess, time.monotonic()
             await emit.to_sid(self.deps, sid, "auth:success", {"userId": uid, "serverNow": now_ms()})
             return
         if current is not None:  # the same socket now speaks for another account
             await self._unbind(sid, explicit=True)
-        sender = Sender(sid, uid, sess, caps, (principal.paid_status, principal.ban_status))
+        s = self.deps.settings
+        if len(self.local) >= s.max_sockets or \
+                len(self.sio.manager.rooms.get("/", {}).get(emit.user_room(uid), {})) >= s.max_sockets_per_user:
+            await emit.to_sid(self.deps, sid, "auth:failed", {"message": "Too many connections, try again shortly"})
+            await self.sio.disconnect(sid)
+            return
+        sender = Sender(sid, uid, sess, caps, (principal.paid_status, principal.ban_status), token_hash,
+                        principal.expires_at.timestamp())
         self.local[sid] = sender
+        handle = self.deadlines.pop(sid, None)
+        if handle is not None:
+            handle.cancel()
         await self.sio.enter_room(sid, emit.user_room(uid))
         sender.bound_ms = now_ms()  # from here on, every emit to the user reaches this socket
         await self.sio.enter_room(sid, emit.session_room(sess))
@@ -224,7 +322,7 @@ class Realtime:
             await emit.to_member(self.deps, room_id, partner, "room:partner-reconnected", {"userId": user_id})
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
-        self.buckets.pop(sid, None)
+        self._forget(sid)
         explicit = reason == self.sio.reason.CLIENT_DISCONNECT
         await self._unbind(sid, explicit)
 
@@ -297,6 +395,8 @@ class Realtime:
                 return await emit.call_error(deps, sid, "NOT_AUTHENTICATED", msg)
             if not self._take(sid):
                 return None
+            if not await self._session_ok(sender):
+                return None
             try:
                 size = len(json.dumps(data)) if data is not None else 0
             except (TypeError, ValueError):
@@ -318,6 +418,31 @@ class Realtime:
             return None
 
         return handler
+
+    async def _session_ok(self, sender: Sender) -> bool:
+        """A socket speaks for its session only while the session lives (issue 12 §7): past its
+        expiry, or when the last read is older than SESSION_RECHECK_SECONDS, the session is read
+        again (which also slides it, as any use does); an expired, revoked or banned session cuts
+        the socket."""
+        s = self.deps.settings
+        if time.time() < sender.expires_at and time.monotonic() - sender.checked_at < s.session_recheck_seconds:
+            return True
+        try:
+            principal = await authenticate_hash(self.deps, sender.token_hash)
+        except STORE_DOWN as exc:  # an outage is not a verdict on the session: checked again next event
+            log.warning("session_recheck_deferred", sid=sender.sid, error=repr(exc))
+            return True
+        except ApiError as exc:
+            if self.local.get(sender.sid) is sender:
+                log.info("socket_session_ended", sid=sender.sid, code=exc.code)
+                event = "auth:banned" if exc.code == "banned" else "auth:failed"
+                await emit.call_error(self.deps, sender.sid, "NOT_AUTHENTICATED", "Your session has ended")
+                await emit.to_sid(self.deps, sender.sid, event, {"message": "Your session has ended"})
+                await self.sio.disconnect(sender.sid)
+            return False
+        sender.expires_at, sender.checked_at = principal.expires_at.timestamp(), time.monotonic()
+        sender.access, sender.access_at = (principal.paid_status, principal.ban_status), time.monotonic()
+        return True
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

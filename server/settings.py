@@ -144,6 +144,13 @@ class Settings:
     login_attempts_per_ip_per_hour: int = 60  # /auth/login, successful or not
     logins_per_account_per_hour: int = 20  # successful /auth/login per account
     bad_request_logs_per_minute: int = 10  # malformed HTTP requests logged per node; the rest counted
+    # Abuse limits, realtime half (issue 12; README "Abuse limits")
+    socket_auth_deadline_seconds: float = 10.0  # a socket not authenticated by then is disconnected
+    max_sockets_per_address: int = 100  # per node, by httpio.ip_scope (IPv6 by /64); CGNAT shares addresses
+    max_sockets_per_user: int = 10  # authenticated sockets of one user per node (tabs, devices)
+    session_recheck_seconds: float = 30.0  # a socket's session is re-read at most this stale (expiry, revocation)
+    session_cache_seconds: float = 5.0  # a node trusts a session it read this long (socket connect and `auth`)
+    bad_frame_logs_per_minute: int = 10  # malformed Engine.IO/Socket.IO input logged per node; the rest counted
 
     # Ops
     log_format: str = "console"  # "json" in production

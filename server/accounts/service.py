@@ -11,7 +11,7 @@ import asyncpg
 import structlog
 
 from server import ratelimit
-from server.accounts import deletion, passwords, store
+from server.accounts import deletion, passwords, sessions, store
 from server.accounts.access import has_access, reported_status
 from server.accounts.profile import card
 from server.accounts.sessions import BANNED_STATUSES, Principal, start_session
@@ -212,3 +212,4 @@ async def login(deps: Deps, client: Client, email: str,
 
 async def logout(deps: Deps, principal: Principal) -> None:
     await store.revoke_session(deps.db, principal.session_id, "logout")
+    await sessions.revoked(deps, [str(principal.session_id)])

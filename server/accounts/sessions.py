@@ -44,6 +44,15 @@ class Principal:
         return self.ban_status in BANNED_STATUSES
 
 
+async def revoked(deps: Deps, session_ids: list[str]) -> None:
+    """After sessions were revoked (logout, a newer login): every node forgets its cached copy
+    (realtime.Realtime._authenticate)."""
+    from server import fanout  # the realtime layer sits above accounts
+
+    if session_ids:
+        await fanout.signal(deps, "sessions", ids=[str(s) for s in session_ids])
+
+
 def suspended() -> ApiError:
     return ApiError(403, "banned", "Account suspended", banned=True,
                     message="Your account has been suspended pending review.")
@@ -56,7 +65,12 @@ async def authenticate(deps: Deps, token: str | None, *, allow_banned: bool = Fa
         raise unauthorized("Authorization required")
     if len(token) > 256:
         raise unauthorized("Invalid or expired session")
-    row = await store.find_session(deps.db, hash_token(token))
+    return await authenticate_hash(deps, hash_token(token), allow_banned=allow_banned)
+
+
+async def authenticate_hash(deps: Deps, token_hash: bytes, *, allow_banned: bool = False) -> Principal:
+    """`authenticate` for a token already hashed (a socket re-checks the session it was opened with)."""
+    row = await store.find_session(deps.db, token_hash)
     if row is None or row["expires_at"] <= datetime.now(UTC):
         raise unauthorized("Invalid or expired session")
     if row["revoked_at"] is not None:
