@@ -47,6 +47,7 @@ BENCH_ENV = {
     "SOCKET_EVENT_BURST": "100000",
     "INVITES_PER_MINUTE": "100000",
     "MAX_SOCKETS": "20000",
+    "MAX_SOCKETS_PER_ADDRESS": "1000000",  # every simulated client comes from this machine
     "GUEST_SIGNUPS_PER_IP_PER_HOUR": "1000000",
     "LOG_LEVEL": "WARNING",
     "LOG_FORMAT": "json",

@@ -185,3 +185,80 @@ async def test_database_failure_during_connects_leaves_no_half_open_socket(clien
         not s.connected for s in client.app[DEPS].sio.eio.sockets.values())
     p = await sockets(users[0], "after")
     assert p.all("auth:success") and list(rt.local) == [p.sio.get_sid()]
+
+
+# ---- item 7: a socket does not outlive its session; item 3: `auth` is rate-limited, sessions cached ----
+
+class TestSessionOnTheSocket:
+    @pytest.fixture
+    def settings(self, base_settings):
+        return base_settings.with_(session_recheck_seconds=0, session_cache_seconds=0, socket_event_burst=3,
+                                   socket_events_per_second=1)
+
+    async def test_expired_session_refuses_the_next_event_and_cuts_the_socket(self, client, db, sockets):
+        a = await make_user(client, db, "Expired")
+        b = await make_user(client, db, "Other", gender="male")
+        pa, pb = await sockets(a, "A"), await sockets(b, "B")
+        await pb.emit("queue:join")
+        await pb.wait("queue:update", where=lambda d: d["userId"] == b["userId"])
+        await db.execute("UPDATE sessions SET expires_at = now() - interval '1 second' WHERE user_id = $1",
+                         uuid.UUID(a["userId"]))
+        await pa.emit("call:invite", {"toUserId": b["userId"], "requestedSeconds": 300})
+        err = await pa.wait("call:error")
+        assert err["code"] == "NOT_AUTHENTICATED"
+        assert await pa.disconnected(5)
+        assert pb.all("call:notify") == [] and await client.app[DEPS].redis.keys("inv:*") == []
+        # The same token cannot open a socket again (HTTP already says 401).
+        assert await refused_or_unauthenticated(client, a["sessionToken"])
+
+    async def test_auth_events_spend_the_socket_bucket(self, client, db, sockets):
+        """1,000 bogus `auth` events answered in 2.9 s before; now the bucket (burst 3) bounds them."""
+        from tests.rt import Peer
+
+        p = Peer(str(client.make_url("/")), None, name="flood")
+        await p.connect()
+        try:
+            for _ in range(10):
+                await p.emit("auth", {"sessionToken": "bogus"})
+            limited = await p.wait("call:error", where=lambda d: d["code"] == "RATE_LIMITED")
+            assert limited["code"] == "RATE_LIMITED"
+            assert len(p.all("auth:failed")) <= 4  # the burst (3) plus at most one refill
+        finally:
+            await p.close()
+
+
+async def refused_or_unauthenticated(client, token: str) -> bool:
+    from tests.rt import Peer
+
+    p = Peer(str(client.make_url("/")), None)
+    await p.connect()
+    try:
+        await p.emit("auth", {"sessionToken": token})
+        failed = await p.wait("auth:failed")
+        return "session" in failed["message"].lower() or "expired" in failed["message"].lower()
+    finally:
+        await p.close()
+
+
+async def test_a_valid_token_costs_one_session_query(client, db, sockets, monkeypatch):
+    """Repeated `auth` events and reconnects with one token read the session once per cache period."""
+    from server.accounts import store
+
+    user = await make_user(client, db, "Cached")
+    reads = []
+    original = store.find_session
+
+    async def counted(conn, token_hash):
+        reads.append(token_hash)
+        return await original(conn, token_hash)
+
+    monkeypatch.setattr(store, "find_session", counted)
+    p = await sockets(user, "cached")
+    for _ in range(5):
+        await p.emit("auth", {"sessionToken": user["sessionToken"]})
+        await p.wait("auth:success")
+    assert len(reads) == 1
+    # A logout is forgotten at once: the next `auth` reads the session and is refused.
+    r = await client.post("/auth/logout", headers={"Authorization": f"Bearer {user['sessionToken']}"})
+    assert r.status in (200, 204)
+    assert await refused_or_unauthenticated(client, user["sessionToken"])

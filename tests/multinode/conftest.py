@@ -49,6 +49,8 @@ BASE_ENV = {
     "LOG_LEVEL": "WARNING",
     "LOG_FORMAT": "json",
     "GUEST_SIGNUPS_PER_IP_PER_HOUR": "100000",
+    "MAX_SOCKETS_PER_ADDRESS": "100000",  # every client of the suite is 127.0.0.1
+    "MAX_SOCKETS_PER_USER": "1000",  # test_malformed spreads one attacker over many sockets
     "DRAIN_DELAY_SECONDS": "0.2",  # SIGTERM drains first (server/ops/drain.py); no balancer to wait for here
 }
 INVITE_TTL_S = 2.0
