@@ -34,6 +34,7 @@ def cmd_serve(settings: Settings, host: str | None, port: int | None) -> None:
 
     configure_logging(settings.log_format, settings.log_level)
     httplog.install(settings.bad_request_logs_per_minute)
+    httplog.install_frames(settings.bad_frame_logs_per_minute)
     _install_uvloop()
     settings = settings.with_(host=host or settings.host, port=port or settings.port)
     if "PUBLIC_URL" not in os.environ:  # a second node on another port serves its own origin
