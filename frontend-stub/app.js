@@ -271,9 +271,10 @@
     } else refetchSoon();
   }
 
-  let queueLoading = false;
+  let queueLoading = false, queueAgain = false;
   async function loadQueue() {
-    if (state.view !== "lobby" || !state.session || queueLoading) return;
+    if (state.view !== "lobby" || !state.session) return;
+    if (queueLoading) { queueAgain = true; return; }  // the answer in flight may predate the change: ask again after it
     queueLoading = true;
     try {
       const res = await api("/room/queue");
@@ -287,7 +288,10 @@
       if (!res.ok) { $("queue-status").textContent = "Failed to load users."; return; }
       if (state.paymentBlocked) { state.paymentBlocked = false; goAvailable(); }  // access was granted meanwhile
       renderQueue(res.data);
-    } catch { $("queue-status").textContent = "Failed to load users (network)."; } finally { queueLoading = false; }
+    } catch { $("queue-status").textContent = "Failed to load users (network)."; } finally {
+      queueLoading = false;
+      if (queueAgain) { queueAgain = false; loadQueue(); }
+    }
   }
 
   function renderQueue(data) {

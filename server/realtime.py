@@ -112,6 +112,7 @@ class Realtime:
         if isinstance(sio.manager, NodeManager):
             sio.manager.controls["access"] = self._access_changed
             sio.manager.controls["sessions"] = self._sessions_revoked
+            sio.manager.controls["card"] = lambda msg: deps.deck.forget(str(msg.get("user", "")))
             sio.manager.emit_hooks.append(deps.deck.on_emit)
         sio.on("connect", self.on_connect)
         sio.on("disconnect", self.on_disconnect)

@@ -27,6 +27,7 @@ from server.media.rules import Kind, base_mime, new_key, parse_key, user_prefix
 from server.media.sniff import BY_MIME, SNIFF_BYTES, MediaType, sniff
 from server.media.storage import MultipartUpload, Storage, StorageError
 from server.media.urls import media_url
+from server.presence import deck
 from server.referrals import notifications as referral_notifications
 
 log = structlog.get_logger(__name__)
@@ -147,6 +148,7 @@ async def _commit(deps: Deps, storage: Storage, user_id: UUID, kind: Kind, key: 
         await storage.delete_quietly(old)
     await _sweep(deps, storage, user_id)
     log.info("media_stored", kind=kind.name, key=key, replaced=old)
+    await deck.changed(deps, str(user_id))  # may make the user listable: no node keeps the old card
     if kind.name == "video":  # onboarding is complete: tell whoever this user was introduced to (E9)
         try:
             await referral_notifications.on_onboarded(deps, user_id)

@@ -9,8 +9,9 @@ Postgres query (the requester's own reports and cooldowns) and a string join.
 
 Freshness bound: a request made after a node has seen a change waits for the rebuild that includes it
 (at most the minimum rebuild interval); changes made without a broadcast show within the maximum
-age. Cards (name, media, access, ban) are cached for CARD_TTL_S and dropped at once on
-`access.changed()`.
+age. Cards (name, media, access, ban) are cached for CARD_TTL_S and dropped on every node at once by
+`access.changed()` and by `changed()` below (a new selfie or intro: without it, a user who finishes
+their profile while already in the queue stayed unlisted on a node for up to CARD_TTL_S).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Deck:
         self.snapshot = Snapshot()
         self.dirty = True
         self.changed_at = 0.0
+        self.forgets = 0  # bumped by forget(): a read that overlapped one must not be cached
         self._lock = asyncio.Lock()
 
     # ---- cards
@@ -70,13 +72,17 @@ class Deck:
             else:
                 missing.append(uid)
         if missing:
+            forgets = self.forgets
             rows = await store.users_by_id(deps.db, missing)
-            if len(self.cards) + len(rows) > CARD_MAX:
+            # A forget() while we read may have been for a row we read just before its change.
+            keep = self.forgets == forgets
+            if keep and len(self.cards) + len(rows) > CARD_MAX:
                 self.cards.clear()
             for uid, row in rows.items():
                 public = card(deps, row)
-                c = Card(uid, row, public, json.dumps(public)[:-1], now + CARD_TTL_S)
-                self.cards[uid] = out[uid] = c
+                c = out[uid] = Card(uid, row, public, json.dumps(public)[:-1], now + CARD_TTL_S)
+                if keep:
+                    self.cards[uid] = c
         return out
 
     async def rows(self, deps: Deps, ids: list[str]) -> dict[str, Any]:
@@ -91,6 +97,7 @@ class Deck:
     def forget(self, user_id: str) -> None:
         """Access, ban or profile changed: the next read goes to Postgres."""
         self.cards.pop(user_id, None)
+        self.forgets += 1
         self.mark_changed()
 
     def mark_changed(self) -> None:
@@ -144,6 +151,17 @@ class Deck:
                        f'"wasIntroducedToMe":{"true" if introduced else "false"},'
                        f'"introducedBy":{json.dumps(c.fields["introduced_by_name"]) if introduced else "null"}}}')
         return out, total
+
+
+async def changed(deps: Deps, user_id: str) -> None:
+    """Called after a committed change of user_id's card (selfie, intro video): every node drops its
+    cached card (this one at once, the others through a control message handled before any later
+    emit), then, if the user is in the queue, lobbies are told to refetch, so they appear live."""
+    from server import emit, fanout  # the realtime layer sits above the domains that call this
+
+    await fanout.signal(deps, "card", user=user_id)
+    if await state.is_available(deps.redis, user_id):
+        await emit.to_queue(deps, "queue:update", {"userId": user_id, "available": True})
 
 
 def _listable(deps: Deps, u: Any) -> bool:

@@ -20,18 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
+import aiohttp
 import pytest
 
 from server.settings import Settings
 from server.stack import Stack
 from tests.conftest import reset_state
 from tests.e2e.browser.chromium import BrowserLog, brief, open_page, require_chromium, stats
+from tests.helpers import auth
+from tests.integration.test_media_samples import JPEG_HEAD, WEBM_HEAD, form, sample
 from tests.multinode.conftest import Cluster, Node
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
@@ -68,15 +71,21 @@ async def signup(page: Any, name: str, gender: str) -> str:
     return await page.evaluate("window.__napalm.session.userId")
 
 
-async def give_profile_media(database_url: str, user_ids: list[str]) -> None:
-    """The queue lists only users with a selfie and an intro video: set their keys directly."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        for uid in user_ids:
-            await conn.execute("UPDATE users SET selfie_key = $2, video_key = $3 WHERE id = $1",
-                               uid, f"users/{uid}/selfie-1.jpg", f"users/{uid}/intro-1.webm")
-    finally:
-        await conn.close()
+async def give_profile_media(pages: list[Any]) -> None:
+    """The queue lists only users with a selfie and an intro video: each page's user uploads small ones
+    through its node's API (what the stub's camera button sends, without the 3 s recording). Keys set
+    in Postgres behind the server's back would leave a node's cached card without media for up to 30 s
+    (presence/deck.py); an upload drops it on every node and tells the lobbies to refetch."""
+    async with aiohttp.ClientSession() as http:
+        for page in pages:
+            origin = re.match(r"https?://[^/]+", page.url)
+            assert origin, page.url
+            token = await page.evaluate("window.__napalm.session.sessionToken")
+            for kind, data, name, mime in (("selfie", sample(JPEG_HEAD, 2000), "selfie.jpg", "image/jpeg"),
+                                           ("video", sample(WEBM_HEAD, 2000), "intro.webm", "video/webm")):
+                async with http.post(f"{origin[0]}/media/{kind}", data=form(kind, data, name, mime),
+                                     headers=auth(token)) as resp:
+                    assert resp.status == 200, await resp.text()
 
 
 def _video(s: dict[str, Any], direction: str) -> dict[str, Any]:
@@ -111,7 +120,7 @@ async def invite_and_accept(base_settings: Settings, pa: Any, pb: Any, names: tu
     invites for 60 s, and the callee accepts in the incoming-call dialog. Returns the user ids.
     With `shots`, screenshots of the online list and of the incoming call go there."""
     caller_id, callee_id = await asyncio.gather(signup(pa, names[0], "female"), signup(pb, names[1], "male"))
-    await give_profile_media(base_settings.database_url, [caller_id, callee_id])
+    await give_profile_media([pa, pb])
     await pa.click("#refresh")
     invite = pa.locator(f'button[data-invite="{callee_id}"]')
     await invite.wait_for(timeout=10_000)

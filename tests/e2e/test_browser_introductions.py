@@ -54,8 +54,8 @@ async def test_a_introduces_c_to_b_who_sees_it_live_and_calls(nodes: Cluster, ba
         _watch(pb, lb)
         try:
             await asyncio.gather(pa.goto(f"{n1.url}/?relay=1"), pb.goto(f"{n2.url}/?relay=1"))
-            alice_id, bob_id = await asyncio.gather(signup(pa, "Alice", "female"), signup(pb, "Bob", "male"))
-            await give_profile_media(base_settings.database_url, [alice_id, bob_id])
+            _alice_id, bob_id = await asyncio.gather(signup(pa, "Alice", "female"), signup(pb, "Bob", "male"))
+            await give_profile_media([pa, pb])
 
             # Alice introduces a friend to Bob from his card.
             await pa.click("#refresh")

@@ -6,6 +6,7 @@ import json
 import time
 
 import pytest
+from test_media_samples import JPEG_HEAD, WEBM_HEAD, form, sample
 
 from server import fanout
 from server.accounts import access
@@ -108,6 +109,26 @@ async def test_deck_change_without_a_broadcast_shows_within_the_max_age(client, 
         assert time.monotonic() - t0 < MAX_AGE_S + 1.5, "stale deck beyond its freshness bound"
         await asyncio.sleep(0.05)
     assert pm.all("call:error") == []
+
+
+async def test_a_profile_finished_in_the_queue_is_listed_at_once(client, db, sockets, s3):
+    """A guest joins the queue before her selfie and intro exist (the stub does: sign-up, lobby, then
+    the camera). Her card, cached without media by a deck read, must not keep her unlisted once she
+    uploads them: the lobby is told to refetch, and the refetch lists her."""
+    me, late = await make_user(client, db, "Me"), await make_user(client, db, "Late", media=False)
+    pm, pl = await sockets(me), await sockets(late)
+    await pm.emit("queue:join")
+    await pm.wait("queue:update", where=lambda d: d["userId"] == me["userId"])
+    await pl.emit("queue:join")
+    await pm.wait("queue:update", where=lambda d: d["userId"] == late["userId"] and d["available"])
+    assert (await _deck(client, me))["users"] == []  # her card, without media, is now cached
+    token = late["sessionToken"]
+    for kind, data, name, mime in (("selfie", sample(JPEG_HEAD, 2000), "s.jpg", "image/jpeg"),
+                                   ("video", sample(WEBM_HEAD, 2000), "i.webm", "video/webm")):
+        resp = await client.post(f"/media/{kind}", data=form(kind, data, name, mime), headers=auth(token))
+        assert resp.status == 200, await resp.text()
+    await pm.wait("queue:update", where=lambda d: d["userId"] == late["userId"] and d["available"])
+    assert [x["userId"] for x in (await _deck(client, me))["users"]] == [late["userId"]]
 
 
 async def test_queue_snapshot_goes_to_clients_that_ask(client, db, sockets):
