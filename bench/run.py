@@ -88,7 +88,11 @@ class NullNode:
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(10)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:  # thousands of open websockets: aiohttp's graceful close is slow
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 class Bench:
