@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -24,10 +25,15 @@ async def presence_join(deps: Deps, sender: Sender, _data: dict[str, Any]) -> No
 
 @on("presence:leave")
 async def presence_leave(deps: Deps, sender: Sender, _data: dict[str, Any]) -> None:
-    # The tab is hidden: out of the deck (the sockets stay, so no disconnect cleanup).
-    await state.leave_queue(deps.redis, sender.user_id)
+    # The tab is hidden: out of the deck (the sockets stay, so no disconnect cleanup). Only a user who
+    # was in the deck is announced (issue 12 §5: it was a broadcast to the whole queue per event, by
+    # anyone), and at most once per debounce window.
     await deps.sio.leave_room(sender.sid, emit.QUEUE)
-    await emit.to_queue(deps, "presence:update", {"userId": sender.user_id, "online": False, "available": False})
+    if not await state.leave_queue(deps.redis, sender.user_id):
+        return
+    if await deps.redis.set(f"u:{sender.user_id}:pl", "1", px=PRESENCE_DEBOUNCE_MS, nx=True):
+        await emit.to_queue(deps, "presence:update", {"userId": sender.user_id, "online": False, "available": False})
+    await announce_queue(deps, sender.user_id, False)
 
 
 @on("queue:join")
@@ -42,7 +48,7 @@ async def queue_join(deps: Deps, sender: Sender, _data: dict[str, Any]) -> None:
     if result == -2:
         return await emit.call_error(deps, sender.sid, "BUSY", "You are in a call")
     if result == 1:
-        await emit.to_queue(deps, "queue:update", {"userId": sender.user_id, "available": True})
+        await announce_queue(deps, sender.user_id, True)
     if "queue-snapshot" in sender.caps:
         cards, total = await deps.deck.for_user(deps, sender.user_id)
         await emit.to_sid(deps, sender.sid, "queue:snapshot",
@@ -64,4 +70,40 @@ async def _recheck(deps: Deps, sender: Sender) -> None:
 async def queue_leave(deps: Deps, sender: Sender, _data: dict[str, Any]) -> None:
     await deps.sio.leave_room(sender.sid, emit.QUEUE)
     if await state.leave_queue(deps.redis, sender.user_id):
-        await emit.to_queue(deps, "queue:update", {"userId": sender.user_id, "available": False})
+        await announce_queue(deps, sender.user_id, False)
+
+
+_trailing: set[str] = set()  # users with a trailing announcement scheduled on this node
+
+
+async def announce_queue(deps: Deps, user_id: str, available: bool) -> None:
+    """queue:update for a real change of a user's availability, debounced per user (issue 12 §5):
+    the first change in a window goes out at once; later ones in that window are folded into one
+    trailing update with the state at the window's end (none if it is back where it was announced).
+    Toggling queue:join/leave thus costs every client at most two updates per window, not one each."""
+    window = f"u:{user_id}:qb"  # exists while a window is open
+    if await deps.redis.set(window, "1", px=PRESENCE_DEBOUNCE_MS, nx=True):
+        await _announce(deps, user_id, available)
+        return
+    if user_id in _trailing:
+        return
+    _trailing.add(user_id)
+    gate.spawn(_trail(deps, user_id, window))
+
+
+async def _announce(deps: Deps, user_id: str, available: bool) -> None:
+    await deps.redis.set(f"u:{user_id}:qv", "1" if available else "0", px=30 * PRESENCE_DEBOUNCE_MS)
+    await emit.to_queue(deps, "queue:update", {"userId": user_id, "available": available})
+
+
+async def _trail(deps: Deps, user_id: str, window: str) -> None:
+    try:
+        await asyncio.sleep(max(await deps.redis.pttl(window), 1) / 1000)
+    finally:
+        _trailing.discard(user_id)
+    now = await state.is_available(deps.redis, user_id)
+    last = await deps.redis.get(f"u:{user_id}:qv")
+    if last is not None and (last in ("1", b"1")) == now:
+        return  # what was announced is still true (or another node's trailing update said it)
+    await deps.redis.set(window, "1", px=PRESENCE_DEBOUNCE_MS)
+    await _announce(deps, user_id, now)

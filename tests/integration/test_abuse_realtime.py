@@ -262,3 +262,45 @@ async def test_a_valid_token_costs_one_session_query(client, db, sockets, monkey
     r = await client.post("/auth/logout", headers={"Authorization": f"Bearer {user['sessionToken']}"})
     assert r.status in (200, 204)
     assert await refused_or_unauthenticated(client, user["sessionToken"])
+
+
+# ---- item 5: presence spam ----
+
+async def test_queue_toggling_is_debounced_per_user(client, db, sockets):
+    import time
+
+    from server.presence.events import PRESENCE_DEBOUNCE_MS
+
+    watcher = await sockets(await make_user(client, db, "Watcher"), "W")
+    toggler = await sockets(await make_user(client, db, "Toggler", gender="male"), "T")
+    await watcher.emit("queue:join")
+    await watcher.wait("queue:update", where=lambda d: d["userId"] == watcher.user_id)
+    started = time.monotonic()
+    for _ in range(20):
+        await toggler.emit("queue:join")
+        await toggler.emit("queue:leave")
+    # Sentinel: the final state (not available) reaches the watcher.
+    await watcher.wait("queue:update", timeout=10,
+                       where=lambda d: d["userId"] == toggler.user_id and d["available"] is False)
+    windows = (time.monotonic() - started) / (PRESENCE_DEBOUNCE_MS / 1000)
+    updates = [d for d in watcher.all("queue:update") if d["userId"] == toggler.user_id]
+    assert len(updates) <= 2 + int(windows) + 1, updates  # 40 before
+    assert updates[-1]["available"] is False
+
+
+async def test_presence_leave_is_announced_only_for_a_real_change(client, db, sockets):
+    watcher = await sockets(await make_user(client, db, "Watcher"), "W")
+    spammer = await sockets(await make_user(client, db, "Unpaid", paid=False), "S")
+    await watcher.emit("queue:join")
+    await watcher.wait("queue:update", where=lambda d: d["userId"] == watcher.user_id)
+    for _ in range(30):
+        await spammer.emit("presence:leave")
+    # Sentinel: a later user's arrival in the deck reaches the watcher after every spammed event.
+    late = await sockets(await make_user(client, db, "Late"), "L")
+    await late.emit("queue:join")
+    await watcher.wait("queue:update", where=lambda d: d["userId"] == late.user_id)
+    assert [d for d in watcher.all("presence:update") if d["userId"] == spammer.user_id and not d["online"]] == []
+    # A user who was in the deck and hides the tab is announced once.
+    await late.emit("presence:leave")
+    gone = await watcher.wait("presence:update", where=lambda d: d["userId"] == late.user_id and not d["online"])
+    assert gone["available"] is False
