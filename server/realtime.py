@@ -26,6 +26,7 @@ from server.errors import ApiError
 from server.events import EVENTS, EventSpec, Sender, obj
 from server.fanout import NodeManager
 from server.httpio import client_ip, ip_scope, validate
+from server.ops import metrics
 from server.presence import events as _presence_events  # noqa: F401  (registers handlers)
 from server.presence import gate
 from server.presence import state as presence
@@ -138,10 +139,12 @@ class Realtime:
         python-socketio leaves a half-open connection behind any other exception."""
         s = self.deps.settings
         if len(self.local) >= s.max_sockets:  # the node cap counts authenticated sockets only
+            metrics.SOCKET_CONNECTS.labels("refused").inc()
             raise socketio.exceptions.ConnectionRefusedError("Server at capacity, please try again shortly")
         request = environ.get("aiohttp.request")
         scope = ip_scope(client_ip(request, s.trusted_proxy_hops)) if request is not None else "unknown"
         if self.per_scope.get(scope, 0) >= s.max_sockets_per_address:
+            metrics.SOCKET_CONNECTS.labels("refused").inc()
             raise socketio.exceptions.ConnectionRefusedError("Too many connections from your network")
         admitted = False
         self.buckets[sid] = _Bucket(s.socket_event_burst)
@@ -169,6 +172,7 @@ class Realtime:
             log.warning("connect_refused_store", sid=sid, error=repr(exc))
             raise socketio.exceptions.ConnectionRefusedError("Service temporarily unavailable, try again") from None
         finally:
+            metrics.SOCKET_CONNECTS.labels("ok" if admitted else "refused").inc()
             if not admitted:
                 self._forget(sid)
 
@@ -391,31 +395,38 @@ class Realtime:
             deps = self.deps
             sender = self.local.get(sid)
             if sender is None:
+                metrics.SOCKET_EVENTS.labels(spec.name, "refused").inc()
                 msg = "Please wait for authentication to complete" if spec.name == "call:invite" \
                     else "Not authenticated"
                 return await emit.call_error(deps, sid, "NOT_AUTHENTICATED", msg)
             if not self._take(sid):
-                return None
+                return metrics.SOCKET_EVENTS.labels(spec.name, "rate_limited").inc()
             if not await self._session_ok(sender):
-                return None
+                return metrics.SOCKET_EVENTS.labels(spec.name, "refused").inc()
             try:
                 size = len(json.dumps(data)) if data is not None else 0
             except (TypeError, ValueError):
                 size = spec.max_bytes + 1
             if size > spec.max_bytes:
+                metrics.SOCKET_EVENTS.labels(spec.name, "invalid").inc()
                 return await emit.call_error(deps, sid, "PAYLOAD_TOO_LARGE", f"{spec.name} payload too large")
             try:
                 validate(data if data is not None else {}, spec.schema)
             except ApiError as exc:
+                metrics.SOCKET_EVENTS.labels(spec.name, "invalid").inc()
                 return await emit.call_error(deps, sid, "INVALID_PAYLOAD", f"{spec.name}: {exc.message}")
+            outcome = "error"
             try:
                 await spec.handler(deps, sender, data if isinstance(data, dict) else {})
+                outcome = "ok"
             except STORE_DOWN as exc:
                 log.warning("event_store_unavailable", event_name=spec.name, sid=sid, error=repr(exc))
                 await emit.call_error(deps, sid, "UNAVAILABLE", "Service temporarily unavailable, try again")
             except Exception:
                 log.exception("event_failed", event_name=spec.name, sid=sid)
                 await emit.call_error(deps, sid, "INTERNAL", "Something went wrong")
+            finally:
+                metrics.SOCKET_EVENTS.labels(spec.name, outcome).inc()
             return None
 
         return handler

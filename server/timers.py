@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server.deps import Deps
+from server.ops import metrics
 from server.presence import state as presence
 from server.redis import Script
 
@@ -32,11 +33,11 @@ BATCH = 50
 
 _CLAIM = Script(
     """
-    local due = redis.call('ZRANGEBYSCORE', 'timers', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+    local due = redis.call('ZRANGEBYSCORE', 'timers', '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
     local lease = tonumber(ARGV[1]) + tonumber(ARGV[2])
-    for _, m in ipairs(due) do redis.call('ZADD', 'timers', lease, m) end
+    for i = 1, #due, 2 do redis.call('ZADD', 'timers', lease, due[i]) end
     table.insert(due, 1, tostring(lease))
-    return due
+    return due  -- lease, then member, due score pairs
     """
 )
 # Removes the timer only if nobody re-armed it since it was claimed.
@@ -171,10 +172,12 @@ class Sweeper:
 
     async def tick(self) -> None:
         redis = self.deps.redis
-        claimed = await _CLAIM(redis, [], [now_ms(), LEASE_MS, BATCH])
-        lease, members = claimed[0], claimed[1:]
-        for member in members:
+        now = now_ms()
+        claimed = await _CLAIM(redis, [], [now, LEASE_MS, BATCH])
+        lease, pairs = claimed[0], claimed[1:]
+        for member, due in zip(pairs[::2], pairs[1::2], strict=True):
             kind, _, ident = member.partition(":")
+            metrics.TIMER_LAG.labels(kind).observe(max(now - float(due), 0) / 1000)
             handler = self.handlers.get(kind)
             if handler is None:
                 log.error("unknown_timer", member=member)

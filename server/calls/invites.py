@@ -17,6 +17,7 @@ from server.calls.policy import DECLINE_AS_TIMEOUT_MS, clamp_seconds
 from server.deps import Deps
 from server.events import Sender
 from server.ids import canonical_user_id
+from server.ops import metrics
 from server.presence import gate
 from server.timers import now_ms
 
@@ -43,6 +44,7 @@ async def invite(deps: Deps, sender: Sender, to_user: str, requested: Any) -> No
     caps = ",".join(sorted(sender.caps))
 
     async def reject(reason: str) -> None:
+        metrics.INVITES.labels("refused").inc()
         await _declined(deps, ("sid", sender.sid), invite_id, to_user, _reason_for(caps, reason))
 
     target_id = canonical_user_id(to_user)  # any spelling of one's own id is oneself (issue 12 §4)
@@ -85,6 +87,7 @@ async def invite(deps: Deps, sender: Sender, to_user: str, requested: Any) -> No
     })
     await emit.to_sid(deps, sender.sid, "call:invite-sent",
                       {"inviteId": invite_id, "toUserId": str(target["id"]), "expiresAt": window_end})
+    metrics.INVITES.labels("sent").inc()
     log.info("invite_created", invite_id=invite_id, caller=me, callee=str(target["id"]), seconds=seconds)
     return None
 
@@ -139,6 +142,8 @@ async def accept(deps: Deps, sender: Sender, invite_id: str, requested: Any) -> 
             await announce_end(deps, ended)
     await rooms.announce_start(deps, room_id, session_id, res.caller, sender.user_id, res.agreed,
                                res.deadline_ms, users, started)
+    metrics.INVITES.labels("accepted").inc()
+    metrics.INVITE_TO_START.observe(max(now_ms() - int(inv.get("created") or started), 0) / 1000)
     return None
 
 
@@ -178,6 +183,9 @@ async def expire(deps: Deps, invite_id: str) -> None:
         await announce_end(deps, ended)
 
 
+_ENDED_AS = {"decline": "declined", "timeout": "declined", "expire": "expired", "busy": "busy"}  # else cancelled
+
+
 async def announce_end(deps: Deps, e: state.Ended) -> None:
     """Make the invite's cooldown durable, then tell each side how it ended. The Redis script already
     set the cooldown, so a Postgres failure defers the durable copy (a timer retries it) instead of
@@ -191,4 +199,5 @@ async def announce_end(deps: Deps, e: state.Ended) -> None:
                  "busy": {"reason": "busy"}}.get(e.outcome)
     if to_callee is not None:
         await emit.to_user(deps, e.callee, "call:rescinded", {"inviteId": e.invite_id, **to_callee})
+    metrics.INVITES.labels(_ENDED_AS.get(e.outcome, "cancelled")).inc()
     log.info("invite_ended", invite_id=e.invite_id, outcome=e.outcome, cooldown_ms=e.cooldown_ms)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +28,7 @@ from server.calls.policy import (
 from server.deps import Deps
 from server.events import Sender
 from server.media.urls import media_url
+from server.ops import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +67,7 @@ async def announce_start(deps: Deps, room_id: str, session_id: str, caller: str,
         })
     for uid in (caller, callee):
         await emit.to_queue(deps, "queue:update", {"userId": uid, "available": False})
+    metrics.CALL_SETUPS.inc()
     log.info("call_started", room_id=room_id, caller=caller, callee=callee, agreed=agreed)
 
 
@@ -90,6 +93,7 @@ async def join(deps: Deps, sender: Sender, room_id: str) -> None:
 
 async def relay(deps: Deps, sender: Sender, room_id: str, kind: str, field: str, value: Any) -> None:
     """rtc:offer / rtc:answer / rtc:ice, only from a participant and only to the partner (D1)."""
+    received = time.perf_counter()
     event = {"offer": "rtc:offer", "answer": "rtc:answer", "ice": "rtc:ice"}[kind]
     data = {field: value, "from": sender.user_id}
     member = emit.member_room(room_id, sender.user_id)
@@ -98,7 +102,8 @@ async def relay(deps: Deps, sender: Sender, room_id: str, kind: str, field: str,
         # Both sides joined (nothing to buffer any more) and this socket is still in its member room,
         # which finalisation closes on every node: relay without a Redis round trip.
         if emit.in_room(deps, sender.sid, member):
-            return await emit.to_member(deps, room_id, partner, event, data)
+            await emit.to_member(deps, room_id, partner, event, data)
+            return metrics.RELAY_LATENCY.observe(time.perf_counter() - received)
         _relay_ready.pop(member, None)
     status, partner = await state.signal(deps.redis, room_id, sender.user_id, kind,
                                          json.dumps({"event": event, "data": data}))
@@ -108,6 +113,7 @@ async def relay(deps: Deps, sender: Sender, room_id: str, kind: str, field: str,
                 _relay_ready.clear()
             _relay_ready[member] = partner
         await emit.to_member(deps, room_id, partner, event, data)
+        metrics.RELAY_LATENCY.observe(time.perf_counter() - received)
     elif status == "denied":
         await emit.call_error(deps, sender.sid, "NOT_PARTICIPANT", "Not a participant of this room", roomId=room_id)
 
@@ -189,6 +195,7 @@ async def finalize(deps: Deps, room_id: str, reason: str, leaver: str = "") -> b
                                               leaver, FINAL_MEMORY_MS, HISTORY_MIN_SECONDS * 1000)
     if status != "ok":
         return False
+    metrics.CALL_FINALISED.labels(reason).inc()
     # Durable first, so the end screen's history fetch already sees this call. If Postgres fails,
     # the persist:<room> timer scheduled by the script retries; the clients are told regardless.
     persisted = True

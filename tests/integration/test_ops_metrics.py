@@ -191,3 +191,63 @@ async def test_bans_and_payments_are_counted_where_every_domain_reports_access_c
     assert delta("napalm_payments_total", outcome="refunded") == 1
     assert delta("napalm_payments_total") == 2
     assert delta("napalm_access_changes_total", reason="invite_code") == 1
+
+
+async def test_a_scripted_call_moves_the_realtime_metrics(client, db, metrics_port):
+    """Issue 14 leftover: events by outcome, connects, invites, call setup and finalisation, the
+    invite-to-start and relay latencies and the timer lag are recorded where they happen."""
+    from tests.rt import in_call
+
+    before = await scrape(metrics_port)
+    url = str(client.make_url("/"))
+    a, b = await make_user(client, db, "Caller"), await make_user(client, db, "Callee", gender="male")
+    pa = await Peer(url, a["sessionToken"], a["userId"]).connect()
+    pb = await Peer(url, b["sessionToken"], b["userId"]).connect()
+    try:
+        await pa.emit("call:invite", {"toUserId": a["userId"], "requestedSeconds": 60})  # oneself: refused
+        await pa.wait("call:declined")
+        await pa.emit("room:chat", {"roomId": 5})  # invalid payload
+        await pa.wait("call:error")
+        start = await in_call(pa, pb, 60)
+        room = start["roomId"]
+        for p in (pa, pb):
+            await p.emit("room:join", {"roomId": room})
+            await p.wait("room:joined")
+        await pa.emit("rtc:offer", {"roomId": room, "offer": {"type": "offer", "sdp": "v=0"}})
+        await pb.wait("rtc:offer")
+        await pa.emit("call:end", {"roomId": room})
+        await pa.wait("session:finalized")
+        await pb.wait("session:finalized")
+    finally:
+        await pa.close()
+        await pb.close()
+    # A timer already 0.5 s overdue when scheduled (an unknown invite: its handler does nothing).
+    import uuid
+
+    from server import timers
+
+    deps = client.app[DEPS]
+    member = f"invite:{uuid.uuid4()}"
+    await timers.schedule(deps, "invite", member.partition(":")[2], timers.now_ms() - 500)
+    for _ in range(200):
+        if await deps.redis.zscore("timers", member) is None:
+            break
+        await asyncio.sleep(0.02)
+    after = await scrape(metrics_port)
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert delta("napalm_timer_lag_seconds_count", kind="invite") >= 1
+    assert delta("napalm_timer_lag_seconds_sum", kind="invite") >= 0.5
+    assert delta("napalm_socketio_connects_total", outcome="ok") == 2
+    assert delta("napalm_socketio_events_total", event="call:invite", outcome="ok") == 2
+    assert delta("napalm_socketio_events_total", event="room:chat", outcome="invalid") == 1
+    assert delta("napalm_socketio_events_total", event="rtc:offer", outcome="ok") == 1
+    assert delta("napalm_invites_total", outcome="refused") == 1
+    assert delta("napalm_invites_total", outcome="sent") == 1
+    assert delta("napalm_invites_total", outcome="accepted") == 1
+    assert delta("napalm_call_setups_total") == 1
+    assert delta("napalm_call_finalisations_total") == 1
+    assert delta("napalm_invite_to_start_seconds_count") == 1
+    assert delta("napalm_signal_relay_seconds_count") == 1
