@@ -79,11 +79,12 @@ _trailing: set[str] = set()  # users with a trailing announcement scheduled on t
 async def announce_queue(deps: Deps, user_id: str, available: bool) -> None:
     """queue:update for a real change of a user's availability, debounced per user (issue 12 §5):
     the first change in a window goes out at once; later ones in that window are folded into one
-    trailing update with the state at the window's end (none if it is back where it was announced).
-    Toggling queue:join/leave thus costs every client at most two updates per window, not one each."""
+    trailing update with the state at the window's end (always sent: other paths, a call start or a
+    disconnect, change and announce availability too). Toggling queue:join/leave thus costs every
+    client at most two updates per window, not one each."""
     window = f"u:{user_id}:qb"  # exists while a window is open
     if await deps.redis.set(window, "1", px=PRESENCE_DEBOUNCE_MS, nx=True):
-        await _announce(deps, user_id, available)
+        await emit.to_queue(deps, "queue:update", {"userId": user_id, "available": available})
         return
     if user_id in _trailing:
         return
@@ -91,19 +92,11 @@ async def announce_queue(deps: Deps, user_id: str, available: bool) -> None:
     gate.spawn(_trail(deps, user_id, window))
 
 
-async def _announce(deps: Deps, user_id: str, available: bool) -> None:
-    await deps.redis.set(f"u:{user_id}:qv", "1" if available else "0", px=30 * PRESENCE_DEBOUNCE_MS)
-    await emit.to_queue(deps, "queue:update", {"userId": user_id, "available": available})
-
-
 async def _trail(deps: Deps, user_id: str, window: str) -> None:
     try:
         await asyncio.sleep(max(await deps.redis.pttl(window), 1) / 1000)
     finally:
         _trailing.discard(user_id)
-    now = await state.is_available(deps.redis, user_id)
-    last = await deps.redis.get(f"u:{user_id}:qv")
-    if last is not None and (last in ("1", b"1")) == now:
-        return  # what was announced is still true (or another node's trailing update said it)
     await deps.redis.set(window, "1", px=PRESENCE_DEBOUNCE_MS)
-    await _announce(deps, user_id, now)
+    await emit.to_queue(deps, "queue:update",
+                        {"userId": user_id, "available": await state.is_available(deps.redis, user_id)})
