@@ -47,8 +47,9 @@ async def queue_join(deps: Deps, sender: Sender, _data: dict[str, Any]) -> None:
     result = await state.join_queue(deps.redis, sender.user_id)
     if result == -2:
         return await emit.call_error(deps, sender.sid, "BUSY", "You are in a call")
-    if result == 1:
-        await announce_queue(deps, sender.user_id, True)
+    if result == 1 and not await announce_queue(deps, sender.user_id, True):
+        # Debounced for everyone else; the joining socket still gets its echo (clients wait for it).
+        await emit.to_sid(deps, sender.sid, "queue:update", {"userId": sender.user_id, "available": True})
     if "queue-snapshot" in sender.caps:
         cards, total = await deps.deck.for_user(deps, sender.user_id)
         await emit.to_sid(deps, sender.sid, "queue:snapshot",
@@ -76,20 +77,20 @@ async def queue_leave(deps: Deps, sender: Sender, _data: dict[str, Any]) -> None
 _trailing: set[str] = set()  # users with a trailing announcement scheduled on this node
 
 
-async def announce_queue(deps: Deps, user_id: str, available: bool) -> None:
+async def announce_queue(deps: Deps, user_id: str, available: bool) -> bool:
     """queue:update for a real change of a user's availability, debounced per user (issue 12 §5):
     the first change in a window goes out at once; later ones in that window are folded into one
     trailing update with the state at the window's end (always sent: other paths, a call start or a
     disconnect, change and announce availability too). Toggling queue:join/leave thus costs every
-    client at most two updates per window, not one each."""
+    client at most two updates per window, not one each. True if it went out now."""
     window = f"u:{user_id}:qb"  # exists while a window is open
     if await deps.redis.set(window, "1", px=PRESENCE_DEBOUNCE_MS, nx=True):
         await emit.to_queue(deps, "queue:update", {"userId": user_id, "available": available})
-        return
-    if user_id in _trailing:
-        return
-    _trailing.add(user_id)
-    gate.spawn(_trail(deps, user_id, window))
+        return True
+    if user_id not in _trailing:
+        _trailing.add(user_id)
+        gate.spawn(_trail(deps, user_id, window))
+    return False
 
 
 async def _trail(deps: Deps, user_id: str, window: str) -> None:
