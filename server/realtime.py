@@ -342,9 +342,12 @@ class Realtime:
             log.exception("disconnect_cleanup_failed", sid=sid)
 
     async def reconcile(self) -> None:
-        """Periodic: a sid registered in Redis for this node that this node does not hold is a ghost
-        (a cleanup that failed halfway, a Redis error after the local pop): take it out, so its user
-        goes offline within one period (issue 11 §3)."""
+        """Periodic: a socket whose session expired is cut (issue 12 §7). A sid registered in Redis for
+        this node that this node does not hold is a ghost (a cleanup that failed halfway, a Redis error
+        after the local pop): take it out, so its user goes offline within one period (issue 11 §3)."""
+        now = time.time()  # idle sockets whose session expired are cut here, not only on their next event
+        for sender in [x for x in self.local.values() if x.expires_at <= now]:
+            await self._session_ok(sender)
         registered = await presence.node_sids(self.deps.redis, self.deps.settings.node_id)
         ghosts = [sid for sid in registered if sid not in self.local and not self.sio.manager.is_connected(sid, "/")]
         for sid in ghosts:

@@ -307,3 +307,20 @@ async def test_presence_leave_is_announced_only_for_a_real_change(client, db, so
     await late.emit("presence:leave")
     gone = await watcher.wait("presence:update", where=lambda d: d["userId"] == late.user_id and not d["online"])
     assert gone["available"] is False
+
+
+class TestIdleSocketAtExpiry:
+    @pytest.fixture
+    def settings(self, base_settings):
+        # No sliding refresh, so the session keeps the short expiry set below; reconcile often.
+        return base_settings.with_(session_refresh_minutes=10**6, reconcile_seconds=0.2, session_cache_seconds=0)
+
+    async def test_an_idle_socket_is_cut_when_its_session_expires(self, client, db, sockets):
+        user = await make_user(client, db, "Idle")
+        other = await sockets(await make_user(client, db, "Other"), "O")
+        await db.execute("UPDATE sessions SET expires_at = now() + interval '1 second' WHERE user_id = $1",
+                         uuid.UUID(user["userId"]))
+        idle = await sockets(user, "idle")
+        assert await idle.disconnected(10)
+        assert idle.all("auth:failed")
+        assert other.sio.connected  # a live session is untouched
