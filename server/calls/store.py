@@ -83,6 +83,10 @@ async def end_live_call(conn: Conn, room_id: str) -> None:
     await conn.execute("DELETE FROM live_calls WHERE room_id = $1", room_id)
 
 
+async def count_live_calls(conn: Conn) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM live_calls"))
+
+
 async def live_calls(conn: Conn) -> list[asyncpg.Record]:
     return await conn.fetch(
         """SELECT room_id::text, session_id::text, caller_id::text, callee_id::text, agreed_seconds,

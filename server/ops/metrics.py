@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -135,20 +135,26 @@ def exposition() -> web.Response:
     return resp
 
 
-async def protected(request: web.Request, token: str) -> web.Response:
+Refresh = Callable[[], Awaitable[None]]
+
+
+async def protected(request: web.Request, token: str, refresh: Refresh) -> web.Response:
     """/metrics on the main port: 404 without a configured token, 401 with a wrong one."""
     if not token:
         raise web.HTTPNotFound()
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     if not hmac.compare_digest(given.encode(), token.encode()):
         return web.json_response({"error": "Metrics token required", "code": "unauthorized"}, status=401)
+    await refresh()
     return exposition()
 
 
-def metrics_app() -> web.Application:
-    """The app behind METRICS_PORT: only /metrics (scraped inside the cluster, never routed publicly)."""
+def metrics_app(refresh: Refresh) -> web.Application:
+    """The app behind METRICS_PORT: only /metrics (scraped inside the cluster, never routed publicly).
+    `refresh` sets the scrape-time values that need a store read first."""
 
     async def metrics(_request: web.Request) -> web.Response:
+        await refresh()
         return exposition()
 
     app = web.Application()

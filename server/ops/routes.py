@@ -11,7 +11,7 @@ from server.db import pending_migrations
 from server.deps import SETTINGS, deps_of
 from server.ops import metrics
 from server.ops.drain import draining
-from server.ops.node import pubsub_probe
+from server.ops.node import pubsub_probe, refresh_cluster_gauges
 
 routes = web.RouteTableDef()
 
@@ -56,4 +56,5 @@ async def ready(request: web.Request) -> web.Response:
 @routes.get("/metrics")
 async def metrics_on_main_port(request: web.Request) -> web.Response:
     """Prometheus scrape on the public port only with METRICS_TOKEN (prefer METRICS_PORT, never routed)."""
-    return await metrics.protected(request, request.app[SETTINGS].metrics_token)
+    return await metrics.protected(request, request.app[SETTINGS].metrics_token,
+                                   lambda: refresh_cluster_gauges(deps_of(request)))

@@ -215,9 +215,16 @@ async def test_a_scripted_call_moves_the_realtime_metrics(client, db, metrics_po
             await p.wait("room:joined")
         await pa.emit("rtc:offer", {"roomId": room, "offer": {"type": "offer", "sdp": "v=0"}})
         await pb.wait("rtc:offer")
+        # Calls in progress, cluster-wide (the durable live_calls records), read at scrape time.
+        assert total(await scrape(metrics_port), "napalm_active_rooms") == 1
         await pa.emit("call:end", {"roomId": room})
         await pa.wait("session:finalized")
         await pb.wait("session:finalized")
+        for _ in range(100):  # the record goes with the history write, right after the finalisation
+            if total(await scrape(metrics_port), "napalm_active_rooms") == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert total(await scrape(metrics_port), "napalm_active_rooms") == 0
     finally:
         await pa.close()
         await pb.close()
