@@ -419,17 +419,24 @@ class Realtime:
                 metrics.SOCKET_EVENTS.labels(spec.name, "invalid").inc()
                 return await emit.call_error(deps, sid, "INVALID_PAYLOAD", f"{spec.name}: {exc.message}")
             outcome = "error"
-            try:
-                await spec.handler(deps, sender, data if isinstance(data, dict) else {})
-                outcome = "ok"
-            except STORE_DOWN as exc:
-                log.warning("event_store_unavailable", event_name=spec.name, sid=sid, error=repr(exc))
-                await emit.call_error(deps, sid, "UNAVAILABLE", "Service temporarily unavailable, try again")
-            except Exception:
-                log.exception("event_failed", event_name=spec.name, sid=sid)
-                await emit.call_error(deps, sid, "INTERNAL", "Something went wrong")
-            finally:
-                metrics.SOCKET_EVENTS.labels(spec.name, outcome).inc()
+            payload = data if isinstance(data, dict) else {}
+            room_id = payload.get("roomId")
+            # Every line logged while handling the event names the socket, the user, the event and
+            # the call room it is about (JSON logs in production; merged by logs.configure_logging).
+            context = {"sid": sid, "user_id": sender.user_id, "event_name": spec.name,
+                       **({"room_id": room_id} if isinstance(room_id, str) else {})}
+            with structlog.contextvars.bound_contextvars(**context):
+                try:
+                    await spec.handler(deps, sender, payload)
+                    outcome = "ok"
+                except STORE_DOWN as exc:
+                    log.warning("event_store_unavailable", error=repr(exc))
+                    await emit.call_error(deps, sid, "UNAVAILABLE", "Service temporarily unavailable, try again")
+                except Exception:
+                    log.exception("event_failed")
+                    await emit.call_error(deps, sid, "INTERNAL", "Something went wrong")
+                finally:
+                    metrics.SOCKET_EVENTS.labels(spec.name, outcome).inc()
             return None
 
         return handler
