@@ -29,6 +29,15 @@ def worker_artifacts(name: str) -> Path:
     return ARTIFACTS / (f"{name}-{WORKER}" if WORKER else name)
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The multi-node suites keep their cluster between modules, but its nodes share this worker's
+    Redis: left running under a test with its own app, they would claim that test's timers and reap
+    its node. Stop it first (the next multi-node module starts it again)."""
+    if "cluster" not in item.fixturenames:  # type: ignore[attr-defined]
+        for pool in getattr(item.config, "napalm_cluster_pools", ()):
+            pool.close()
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     root = Path(tempfile.mkdtemp(prefix="napalm-test-"))

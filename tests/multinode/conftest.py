@@ -222,8 +222,10 @@ class _Pool:
 
 
 @pytest.fixture(scope="session")
-def _pool(stack: Stack) -> Iterator[_Pool]:
+def _pool(stack: Stack, request: pytest.FixtureRequest) -> Iterator[_Pool]:
     pool = _Pool(stack)
+    # Known to tests/conftest.py, which stops the cluster before any test that does not use it.
+    request.config.__dict__.setdefault("napalm_cluster_pools", []).append(pool)
     try:
         yield pool
     finally:
