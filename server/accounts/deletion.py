@@ -16,7 +16,6 @@ it again (`resume_pending`, every ACCOUNT_DELETION_RETRY_SECONDS): every step is
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator
@@ -30,6 +29,7 @@ from aiohttp import web
 from server import ratelimit
 from server.accounts import access, passwords, store
 from server.accounts.sessions import Principal
+from server.background import every
 from server.calls import departures
 from server.deps import DEPS, Deps
 from server.errors import ApiError, rate_limited
@@ -129,19 +129,6 @@ async def resume_pending(deps: Deps) -> int:
 async def background(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: retry unfinished deletions on this node (a crash, S3 unavailable)."""
     deps = app[DEPS]
-
-    async def loop() -> None:
-        while True:
-            await asyncio.sleep(deps.settings.account_deletion_retry_seconds)
-            try:
-                await resume_pending(deps)
-            except Exception:
-                log.exception("account_deletion_retry_failed")
-
-    task = asyncio.create_task(loop())
-    try:
+    async with every(deps.settings.account_deletion_retry_seconds, lambda: resume_pending(deps),
+                     "account-deletion-retry"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task

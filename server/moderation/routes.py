@@ -19,6 +19,7 @@ from server.accounts.sessions import require_user
 from server.deps import Deps, deps_of
 from server.errors import ApiError, bad_request, not_found, rate_limited
 from server.httpio import bearer_token, client_ip, ip_scope, read_json
+from server.ids import user_uuid
 from server.media.urls import media_url
 from server.moderation import admin, audit, service, store
 from server.moderation.authz import Moderator, require_moderator
@@ -81,7 +82,7 @@ def _actor(request: web.Request, mod: Moderator) -> service.Actor:
 
 
 def _uuid(value: str, what: str) -> UUID:
-    parsed = service.parse_uuid(value)
+    parsed = user_uuid(value)
     if parsed is None:
         raise not_found(f"{what} not found", code=f"{what.lower().replace(' ', '_')}_not_found")
     return parsed
@@ -195,7 +196,7 @@ async def stats(request: web.Request) -> web.Response:
 async def review(request: web.Request) -> web.Response:
     mod = await require_moderator(request)
     body = await read_json(request, REVIEW_SCHEMA)
-    user_id = service.parse_uuid(request.match_info["userId"])
+    user_id = user_uuid(request.match_info["userId"])
     if user_id is None:
         raise not_found("Ban record not found", code="ban_not_found")
     return web.json_response(await service.review(deps_of(request), _actor(request, mod), user_id, body["decision"]))
@@ -424,7 +425,7 @@ async def mod_ip_ban(request: web.Request) -> web.Response:
     mod = await require_moderator(request, admin_only=True)
     body = await read_json(request, IP_BAN_SCHEMA)
     ip = _valid_ip(body["ip"])
-    user_id = service.parse_uuid(body["userId"]) if body.get("userId") else None
+    user_id = user_uuid(body["userId"]) if body.get("userId") else None
     return web.json_response(await service.ban_ip(deps_of(request), _actor(request, mod), ip,
                                                   (body.get("reason") or "").strip() or "Banned by an admin",
                                                   user_id, body.get("durationHours")))
@@ -446,7 +447,7 @@ async def mod_audit(request: web.Request) -> web.Response:
         before = int(request.query["before"]) if "before" in request.query else None
     except ValueError:
         raise bad_request("before must be an audit entry id", code="invalid_paging") from None
-    target = service.parse_uuid(request.query["userId"]) if request.query.get("userId") else None
+    target = user_uuid(request.query["userId"]) if request.query.get("userId") else None
     rows = await audit.page(deps.db, limit=limit, before_id=before, action=request.query.get("action") or None,
                             target_user_id=target)
     return web.json_response({"entries": [

@@ -7,7 +7,6 @@ caches and `departures.cut_user` ends the banned user's sockets, call and invite
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ import structlog
 from aiohttp import web
 
 from server.accounts import access
+from server.accounts.profile import ms
+from server.background import every
 from server.calls import departures
 from server.deps import DEPS, Deps
 from server.errors import ApiError, bad_request, not_found
@@ -31,11 +32,6 @@ log = structlog.get_logger(__name__)
 AUTO_BAN_REASON = "Automatically suspended after reports from {n} people who met this user; pending review"
 ACTIONS = ("dismiss", "warn", "temporary_ban", "permanent_ban", "ip_ban")
 MAX_BAN_HOURS = 24 * 365
-
-
-def parse_uuid(value: Any) -> UUID | None:
-    """Ids from clients in their one canonical spelling (server/ids.py), or None."""
-    return user_uuid(value)
 
 
 @dataclass(frozen=True)
@@ -65,12 +61,12 @@ async def enforce(deps: Deps, user_id: UUID, banned: bool) -> None:
 
 async def report(deps: Deps, reporter: UUID, ip: str | None, reported_ref: str, reason: str,
                  room_ref: str | None) -> dict[str, Any]:
-    reported = parse_uuid(reported_ref)
+    reported = user_uuid(reported_ref)
     if reported == reporter:
         raise bad_request("Cannot report yourself", code="self_report")
     if reported is None:
         raise not_found("User not found", code="user_not_found")
-    room_id = parse_uuid(room_ref) if room_ref else None
+    room_id = user_uuid(room_ref) if room_ref else None
     threshold = deps.settings.auto_ban_reports
     async with deps.db.acquire() as conn, conn.transaction():
         target = await store.lock_user(conn, reported)
@@ -109,7 +105,7 @@ async def check_ban(deps: Deps, user_id: UUID, ban_status: str) -> dict[str, Any
     banned = ban_status in store.BANNED
     return {"isBanned": banned, "banStatus": ban_status,
             "banRecord": ban_record(record, with_ips=False) if record is not None and ban_status != "none" else None,
-            "warning": {"reason": warning["reason"], "createdAt": _ms(warning["created_at"])} if warning else None}
+            "warning": {"reason": warning["reason"], "createdAt": ms(warning["created_at"])} if warning else None}
 
 
 # ---- decisions ----
@@ -134,10 +130,10 @@ async def ban(deps: Deps, actor: Actor, user_id: UUID, status: str, reason: str,
                                                moderator=actor.user_id)
         await audit.record(conn, actor_label=actor.label, actor_user_id=actor.user_id, ip=actor.ip,
                            action=f"ban_{status}", target_user_id=user_id,
-                           before={"banStatus": before}, after={"banStatus": status, "expiresAt": _ms(expires)},
+                           before={"banStatus": before}, after={"banStatus": status, "expiresAt": ms(expires)},
                            details={"reason": reason, "resolvedReports": [str(r) for r in resolved]})
     await enforce(deps, user_id, banned=True)
-    return {"success": True, "userId": str(user_id), "banStatus": status, "expiresAt": _ms(expires),
+    return {"success": True, "userId": str(user_id), "banStatus": status, "expiresAt": ms(expires),
             "resolvedReports": len(resolved)}
 
 
@@ -188,10 +184,10 @@ async def ban_ip(deps: Deps, actor: Actor, ip: str, reason: str, user_id: UUID |
     async with deps.db.acquire() as conn, conn.transaction():
         created = await store.ban_ip(conn, ip, reason, user_id, actor.user_id, expires)
         await audit.record(conn, actor_label=actor.label, actor_user_id=actor.user_id, ip=actor.ip,
-                           action="ip_ban", target_user_id=user_id, after={"ip": ip, "expiresAt": _ms(expires)},
+                           action="ip_ban", target_user_id=user_id, after={"ip": ip, "expiresAt": ms(expires)},
                            details={"reason": reason, "new": created})
     ipbans.invalidate()
-    return {"success": True, "ip": ip, "expiresAt": _ms(expires)}
+    return {"success": True, "ip": ip, "expiresAt": ms(expires)}
 
 
 async def unban_ip(deps: Deps, actor: Actor, ip: str) -> dict[str, Any]:
@@ -277,7 +273,7 @@ async def note(deps: Deps, actor: Actor, report_id: UUID, body: str) -> dict[str
         row = await store.add_note(conn, report_id, actor.user_id, actor.label, body)
         await audit.record(conn, actor_label=actor.label, actor_user_id=actor.user_id, ip=actor.ip,
                            action="report_note", details={"reportId": str(report_id), "noteId": row["id"]})
-    return {"success": True, "noteId": row["id"], "createdAt": _ms(row["created_at"])}
+    return {"success": True, "noteId": row["id"], "createdAt": ms(row["created_at"])}
 
 
 # ---- timed bans running out ----
@@ -292,31 +288,14 @@ async def lift_expired(deps: Deps) -> int:
     return lifted
 
 
-async def _expiry_loop(deps: Deps) -> None:
-    while True:
-        await asyncio.sleep(deps.settings.ban_sweep_seconds)
-        try:
-            await lift_expired(deps)
-        except Exception:
-            log.exception("ban_expiry_failed")
-
-
 async def background(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx (after the app's resources): the timed-ban expiry loop of this node."""
-    task = asyncio.create_task(_expiry_loop(app[DEPS]))
-    try:
+    deps = app[DEPS]
+    async with every(deps.settings.ban_sweep_seconds, lambda: lift_expired(deps), "ban-expiry"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 # ---- shapes ----
-
-def _ms(ts: datetime | None) -> int | None:
-    return None if ts is None else int(ts.timestamp() * 1000)
-
 
 def ban_record(r: Any, *, with_ips: bool, ips: list[str] | None = None, media: Any = None) -> dict[str, Any]:
     """BanRecord (§2.6). IP addresses only for admins (§6 D23)."""
@@ -324,10 +303,10 @@ def ban_record(r: Any, *, with_ips: bool, ips: list[str] | None = None, media: A
         "userId": str(r["user_id"]), "userName": r["name"],
         "userSelfie": media(r["selfie_key"]) if media else None,
         "userVideo": media(r["video_key"]) if media else None,
-        "banStatus": r["ban_status"], "bannedAt": _ms(r["banned_at"]), "bannedReason": r["banned_reason"],
-        "reportCount": r["report_count"], "reviewStatus": r["review_status"], "reviewedAt": _ms(r["reviewed_at"]),
+        "banStatus": r["ban_status"], "bannedAt": ms(r["banned_at"]), "bannedReason": r["banned_reason"],
+        "reportCount": r["report_count"], "reviewStatus": r["review_status"], "reviewedAt": ms(r["reviewed_at"]),
         "reviewedBy": str(r["reviewed_by"]) if r["reviewed_by"] else None, "source": r["source"],
-        "expiresAt": _ms(r["expires_at"]),
+        "expiresAt": ms(r["expires_at"]),
     }
     if with_ips:
         out["ipAddresses"] = ips or []

@@ -4,14 +4,14 @@ Sessions created in the last PAYMENT_RECONCILE_WINDOW_HOURS and applies those we
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from typing import Any
+from contextlib import AbstractAsyncContextManager
 
 import stripe
 import structlog
 
+from server.background import every
 from server.deps import Deps
 from server.payments import service, store
 from server.payments.stripe_api import StripeApi
@@ -37,28 +37,20 @@ async def run_once(deps: Deps, api: StripeApi) -> dict[str, int]:
     return counts
 
 
-async def loop(deps: Deps, api: StripeApi) -> None:
+async def locked_pass(deps: Deps, api: StripeApi) -> None:
+    """One reconciliation pass, by one node per interval: the lock expires by itself, so a node that
+    dies mid-pass hands over. Stripe or network trouble is a warning; the next pass retries."""
     interval = deps.settings.payment_reconcile_interval_seconds
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            # One node per interval: the lock expires by itself, so a node that dies mid-pass hands over.
-            if await deps.redis.set("pay:reconcile", deps.settings.node_id, ex=max(1, int(interval)), nx=True):
-                await run_once(deps, api)
-        except (stripe.StripeError, OSError) as exc:
-            log.warning("reconcile_failed", error=str(exc))
-        except Exception:
-            log.exception("reconcile_crashed")
+    try:
+        if await deps.redis.set("pay:reconcile", deps.settings.node_id, ex=max(1, int(interval)), nx=True):
+            await run_once(deps, api)
+    except (stripe.StripeError, OSError) as exc:
+        log.warning("reconcile_failed", error=str(exc))
 
 
-def start(deps: Deps, api: StripeApi) -> asyncio.Task[Any] | None:
-    if not api.configured or deps.settings.payment_reconcile_interval_seconds <= 0:
-        return None
-    return asyncio.create_task(loop(deps, api), name="payments-reconcile")
-
-
-async def stop(task: asyncio.Task[Any] | None) -> None:
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def running(deps: Deps, api: StripeApi) -> AbstractAsyncContextManager[None]:
+    """The periodic reconciliation for the app's lifetime (nothing when Stripe is not configured)."""
+    interval = deps.settings.payment_reconcile_interval_seconds
+    if not api.configured or interval <= 0:
+        return contextlib.nullcontext()
+    return every(interval, lambda: locked_pass(deps, api), "payments-reconcile")

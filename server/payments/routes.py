@@ -31,11 +31,10 @@ async def lifetime(app: web.Application) -> AsyncIterator[None]:
     """After app.py's resources: the Stripe client and the reconciliation task of this node."""
     api = StripeApi(app[DEPS].settings)
     app[STRIPE] = api
-    task = reconcile.start(app[DEPS], api)
     try:
-        yield
+        async with reconcile.running(app[DEPS], api):
+            yield
     finally:
-        await reconcile.stop(task)
         await api.close()
 
 
