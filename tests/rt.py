@@ -54,13 +54,18 @@ class Peer:
     def all(self, event: str) -> list[Any]:
         return [d for e, d in self.events if e == event]
 
+    def mark(self) -> int:
+        """A position in the event log: wait(since=mark) ignores everything that arrived before it."""
+        return len(self.events)
+
     async def wait(self, event: str, timeout: float = 5.0,  # noqa: ASYNC109
-                   where: Callable[[Any], bool] | None = None) -> Any:
-        """The next `event` not yet returned by wait() (optionally matching `where`)."""
+                   where: Callable[[Any], bool] | None = None, since: int = 0) -> Any:
+        """The next `event` not yet returned by wait() (optionally matching `where`, and arrived
+        at or after position `since`, so a late broadcast from an earlier step cannot match)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            start = self._seen.get(event, 0)
+            start = max(self._seen.get(event, 0), since)
             matches = [i for i, (e, d) in enumerate(self.events) if e == event and i >= start
                        and (where is None or where(d))]
             if matches:
