@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from uuid import UUID
 
+import asyncpg
 import pyotp
 import structlog
 
@@ -77,12 +78,36 @@ async def revoke(deps: Deps, token: str | None) -> bool:
     session = await find_session(deps, token)
     if session is None or token is None:
         return False
+    await _drop(deps, session, token)
+    return True
+
+
+async def _drop(deps: Deps, session: AdminSession, token: str) -> None:
     digest = hash_token(token).hex()
     async with deps.redis.pipeline(transaction=True) as p:
         p.delete(f"adm:s:{digest}")
         p.zrem(_user_key(str(session.user_id)), digest)
         await p.execute()
-    return True
+
+
+async def verify(deps: Deps, token: str | None) -> tuple[AdminSession, asyncpg.Record] | None:
+    """GET /admin/verify: the live session and its user, while that user holds a moderator role and
+    is not banned (both read now, not at sign-in)."""
+    session = await find_session(deps, token)
+    user = await store.moderator_by_id(deps.db, session.user_id) if session else None
+    if session is None or user is None or user["role"] not in MODERATOR_ROLES or user["ban_status"] in store.BANNED:
+        return None
+    return session, user
+
+
+async def logout(deps: Deps, token: str | None, ip: str | None) -> None:
+    """POST /admin/logout: end this admin session (audit-logged); an unknown token is no error."""
+    session = await find_session(deps, token)
+    if session is None or token is None:
+        return
+    await _drop(deps, session, token)
+    await audit.record(deps.db, actor_label=f"moderator:{session.user_id}", actor_user_id=session.user_id,
+                       action="admin_logout", target_user_id=session.user_id, ip=ip)
 
 
 async def revoke_all(deps: Deps, user_id: UUID) -> int:

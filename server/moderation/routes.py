@@ -13,15 +13,14 @@ from uuid import UUID
 
 from aiohttp import web
 
-from server import ratelimit
 from server.accounts.profile import ms
 from server.accounts.sessions import require_user
 from server.deps import Deps, deps_of
-from server.errors import ApiError, bad_request, not_found, rate_limited
-from server.httpio import bearer_token, client_ip, ip_scope, read_json
+from server.errors import ApiError, bad_request, not_found
+from server.httpio import bearer_token, client_ip, read_json
 from server.ids import user_uuid
 from server.media.urls import media_url
-from server.moderation import admin, audit, service, store
+from server.moderation import admin, service
 from server.moderation.authz import Moderator, require_moderator
 
 routes = web.RouteTableDef()
@@ -77,6 +76,10 @@ def _ip(request: web.Request) -> str | None:
     return client_ip(request, deps_of(request).settings.trusted_proxy_hops)
 
 
+def _admin_token(request: web.Request) -> str | None:
+    return request.headers.get("X-Admin-Token", "").strip() or bearer_token(request)
+
+
 def _actor(request: web.Request, mod: Moderator) -> service.Actor:
     return service.Actor.of(mod, _ip(request))
 
@@ -120,10 +123,7 @@ async def report_user(request: web.Request) -> web.Response:
     principal = await require_user(request)  # banned reporters get 403 Account suspended
     deps = deps_of(request)
     ip = _ip(request)
-    w = await ratelimit.hit(deps.redis, f"report:ip:{ip_scope(ip)}", 3600)
-    if w.count > deps.settings.reports_per_ip_per_hour:
-        raise rate_limited("Too many reports", w.retry_after_s, code="report_rate_limited",
-                           message=f"Please wait {w.retry_after_s} seconds before reporting again.")
+    await service.throttle_reports(deps, ip)  # before the body: malformed reports count too
     body = await read_json(request, REPORT_SCHEMA)
     result = await service.report(deps, principal.user_id, ip, body["reportedUserId"],
                                   (body.get("reason") or "").strip() or "No reason provided", body.get("roomId"))
@@ -139,7 +139,7 @@ async def check_ban(request: web.Request) -> web.Response:
 @routes.get("/report/blacklist")
 async def blacklist(request: web.Request) -> web.Response:
     deps = deps_of(request)
-    rows = await store.blacklist(deps.db)
+    rows = await service.blacklist(deps)
     items = [{"userName": r["name"], "userSelfie": media_url(deps, r["selfie_key"]),
               "userVideo": media_url(deps, r["video_key"]), "bannedAt": ms(r["banned_at"]),
               "bannedReason": r["banned_reason"], "reportCount": r["report_count"]} for r in rows]
@@ -147,22 +147,13 @@ async def blacklist(request: web.Request) -> web.Response:
                              headers={"Cache-Control": "no-store"})
 
 
-async def _pending(deps: Deps, admin_view: bool) -> list[dict[str, Any]]:
-    bans = await store.bans(deps.db, status="temporary", review="pending")
-    ids = [b["user_id"] for b in bans]
-    reports = await store.reports_against(deps.db, ids)
-    ips = await store.user_ips(deps.db, ids) if admin_view else {}
-    by_user: dict[UUID, list[dict[str, Any]]] = {}
-    for r in reports:
-        by_user.setdefault(r["reported_id"], []).append(report_json(deps, r, admin_view=admin_view, full=True))
-    return [{**service.ban_record(b, with_ips=admin_view, ips=ips.get(b["user_id"]), media=_media(deps)),
-             "reports": by_user.get(b["user_id"], [])} for b in bans]
-
-
 @routes.get("/report/pending")
 async def pending(request: web.Request) -> web.Response:
     mod = await require_moderator(request)
-    items = await _pending(deps_of(request), mod.is_admin)
+    deps = deps_of(request)
+    items = [{**service.ban_record(p.ban, with_ips=mod.is_admin, ips=p.ips, media=_media(deps)),
+              "reports": [report_json(deps, r, admin_view=mod.is_admin, full=True) for r in p.reports]}
+             for p in await service.pending_reviews(deps, with_ips=mod.is_admin)]
     return web.json_response({"pending": items, "count": len(items)})
 
 
@@ -170,7 +161,7 @@ async def pending(request: web.Request) -> web.Response:
 async def all_reports(request: web.Request) -> web.Response:
     mod = await require_moderator(request)
     deps = deps_of(request)
-    rows = await store.list_reports(deps.db, states=None, limit=500)
+    rows = await service.reports(deps, states=None, limit=500)
     items = [report_json(deps, r, admin_view=mod.is_admin) for r in rows]
     return web.json_response({"reports": items, "count": len(items)})
 
@@ -189,7 +180,7 @@ def _stats(row: Any) -> dict[str, Any]:
 @routes.get("/mod/stats")
 async def stats(request: web.Request) -> web.Response:
     await require_moderator(request)
-    return web.json_response(_stats(await store.stats(deps_of(request).db)))
+    return web.json_response(_stats(await service.stats(deps_of(request))))
 
 
 @routes.post("/report/review/{userId}")
@@ -207,8 +198,7 @@ async def check_ip(request: web.Request) -> web.Response:
     """Public in the original (an enumeration aid, §6 D23): admins only here."""
     await require_moderator(request, admin_only=True)
     ip = _valid_ip(request.match_info["ip"])
-    bans = {b["ip"]: b for b in await store.ip_bans(deps_of(request).db)}
-    ban = bans.get(ip)
+    ban = await service.find_ip_ban(deps_of(request), ip)
     return web.json_response({"isBanned": ban is not None, "ipBan": _ip_ban_json(ban) if ban else None})
 
 
@@ -224,26 +214,18 @@ async def admin_login(request: web.Request) -> web.Response:
 
 @routes.get("/admin/verify")
 async def admin_verify(request: web.Request) -> web.Response:
-    deps = deps_of(request)
-    token = request.headers.get("X-Admin-Token", "").strip() or bearer_token(request)
-    session = await admin.find_session(deps, token)
-    user = await store.moderator_by_id(deps.db, session.user_id) if session else None
-    if session is None or user is None or user["role"] not in admin.MODERATOR_ROLES \
-            or user["ban_status"] in store.BANNED:
+    found = await admin.verify(deps_of(request), _admin_token(request))
+    if found is None:
         return web.json_response({"valid": False, "error": "Invalid or expired session", "code": "unauthorized"},
                                  status=401)
+    session, user = found
     return web.json_response({"valid": True, "username": user["email"], "role": user["role"],
                               "userId": str(user["id"]), "expiresAt": session.expires_ms})
 
 
 @routes.post("/admin/logout")
 async def admin_logout(request: web.Request) -> web.Response:
-    deps = deps_of(request)
-    token = request.headers.get("X-Admin-Token", "").strip() or bearer_token(request)
-    session = await admin.find_session(deps, token)
-    if session is not None and await admin.revoke(deps, token):
-        await audit.record(deps.db, actor_label=f"moderator:{session.user_id}", actor_user_id=session.user_id,
-                           action="admin_logout", target_user_id=session.user_id, ip=_ip(request))
+    await admin.logout(deps_of(request), _admin_token(request), _ip(request))
     return web.json_response({"success": True})
 
 
@@ -269,8 +251,7 @@ async def mod_reports(request: web.Request) -> web.Response:
         raise bad_request("state must be open, claimed, resolved, unresolved or all", code="invalid_state")
     states = None if state == "all" else ["open", "claimed"] if state == "unresolved" else [state]
     limit, offset = _paging(request)
-    rows = await store.list_reports(deps.db, states=states, limit=limit, offset=offset)
-    total = await store.count_reports(deps.db, states)
+    rows, total = await service.report_queue(deps, states, limit, offset)
     return web.json_response({"reports": [report_json(deps, r, admin_view=mod.is_admin) for r in rows],
                               "total": total, "limit": limit, "offset": offset, "state": state})
 
@@ -280,18 +261,13 @@ async def mod_report(request: web.Request) -> web.Response:
     mod = await require_moderator(request)
     deps = deps_of(request)
     rid = _uuid(request.match_info["reportId"], "Report")
-    r = await store.get_report(deps.db, rid)
-    if r is None:
-        raise not_found("Report not found", code="report_not_found")
-    notes = await store.notes(deps.db, rid)
-    ban = await store.get_ban(deps.db, r["reported_id"])
-    others = await store.list_reports(deps.db, states=None, limit=100, reported=r["reported_id"])
+    d = await service.report_detail(deps, rid)
     return web.json_response({
-        "report": report_json(deps, r, admin_view=mod.is_admin, full=True),
+        "report": report_json(deps, d.report, admin_view=mod.is_admin, full=True),
         "notes": [{"noteId": n["id"], "body": n["body"], "createdAt": ms(n["created_at"]),
-                   "author": n["author_name"] or n["author_label"]} for n in notes],
-        "ban": service.ban_record(ban, with_ips=False, media=_media(deps)) if ban else None,
-        "otherReports": [report_json(deps, o, admin_view=mod.is_admin) for o in others if o["id"] != rid],
+                   "author": n["author_name"] or n["author_label"]} for n in d.notes],
+        "ban": service.ban_record(d.ban, with_ips=False, media=_media(deps)) if d.ban else None,
+        "otherReports": [report_json(deps, o, admin_view=mod.is_admin) for o in d.others],
     })
 
 
@@ -341,14 +317,8 @@ async def mod_user(request: web.Request) -> web.Response:
     mod = await require_moderator(request)
     deps = deps_of(request)
     uid = _uuid(request.match_info["userId"], "User")
-    u = await store.find_user(deps.db, uid)
-    if u is None:
-        raise not_found("User not found", code="user_not_found")
-    received = await store.list_reports(deps.db, states=None, limit=200, reported=uid)
-    made = await store.list_reports(deps.db, states=None, limit=200, reporter=uid)
-    calls = await store.call_history(deps.db, uid)
-    ban = await store.get_ban(deps.db, uid)
-    warning = await store.latest_warning(deps.db, uid)
+    d = await service.user_dossier(deps, uid, with_ips=mod.is_admin)
+    u = d.user
     out: dict[str, Any] = {
         "user": {"userId": str(u["id"]), "name": u["name"], "gender": u["gender"], "accountType": u["account_type"],
                  "role": u["role"], "isBot": u["is_bot"], "paidStatus": u["paid_status"], "banStatus": u["ban_status"],
@@ -356,17 +326,17 @@ async def mod_user(request: web.Request) -> web.Response:
                  "socials": u["socials"], "createdAt": ms(u["created_at"]), "sessionCount": u["session_count"],
                  "timerTotalSeconds": u["timer_total_seconds"],
                  **({"email": u["email"]} if mod.is_admin else {})},
-        "reportsReceived": [report_json(deps, r, admin_view=mod.is_admin) for r in received],
-        "reportsMade": [report_json(deps, r, admin_view=mod.is_admin) for r in made],
+        "reportsReceived": [report_json(deps, r, admin_view=mod.is_admin) for r in d.received],
+        "reportsMade": [report_json(deps, r, admin_view=mod.is_admin) for r in d.made],
         "calls": [{"sessionId": str(c["session_id"]), "roomId": str(c["room_id"]),
                    "partnerId": str(c["partner_id"]) if c["partner_id"] else None, "partnerName": c["partner_name"],
                    "startedAt": ms(c["started_at"]), "duration": c["duration_seconds"], "endReason": c["end_reason"]}
-                  for c in calls],
-        "ban": service.ban_record(ban, with_ips=False) if ban else None,
-        "lastWarning": {"reason": warning["reason"], "createdAt": ms(warning["created_at"])} if warning else None,
+                  for c in d.calls],
+        "ban": service.ban_record(d.ban, with_ips=False) if d.ban else None,
+        "lastWarning": {"reason": d.warning["reason"], "createdAt": ms(d.warning["created_at"])} if d.warning else None,
     }
-    if mod.is_admin:
-        out["ipAddresses"] = (await store.user_ips(deps.db, [uid])).get(uid, [])
+    if d.ips is not None:
+        out["ipAddresses"] = d.ips
     return web.json_response(out)
 
 
@@ -396,10 +366,9 @@ async def mod_bans(request: web.Request) -> web.Response:
     status = request.query.get("status")
     if status not in (None, "temporary", "permanent", "vindicated", "none"):
         raise bad_request("status must be temporary, permanent, vindicated or none", code="invalid_status")
-    rows = await store.bans(deps.db, status=status, limit=500)
-    ips = await store.user_ips(deps.db, [r["user_id"] for r in rows]) if mod.is_admin else {}
-    return web.json_response({"bans": [service.ban_record(r, with_ips=mod.is_admin, ips=ips.get(r["user_id"]),
-                                                          media=_media(deps)) for r in rows]})
+    rows = await service.ban_list(deps, status, with_ips=mod.is_admin)
+    return web.json_response({"bans": [service.ban_record(r, with_ips=mod.is_admin, ips=ips, media=_media(deps))
+                                       for r, ips in rows]})
 
 
 def _valid_ip(raw: str) -> str:
@@ -417,7 +386,7 @@ def _ip_ban_json(b: Any) -> dict[str, Any]:
 @routes.get("/mod/ip-bans")
 async def mod_ip_bans(request: web.Request) -> web.Response:
     await require_moderator(request, admin_only=True)
-    return web.json_response({"ipBans": [_ip_ban_json(b) for b in await store.ip_bans(deps_of(request).db)]})
+    return web.json_response({"ipBans": [_ip_ban_json(b) for b in await service.ip_bans(deps_of(request))]})
 
 
 @routes.post("/mod/ip-bans")
@@ -441,15 +410,14 @@ async def mod_ip_unban(request: web.Request) -> web.Response:
 @routes.get("/mod/audit")
 async def mod_audit(request: web.Request) -> web.Response:
     await require_moderator(request, admin_only=True)
-    deps = deps_of(request)
     limit, _ = _paging(request, default=100, cap=500)
     try:
         before = int(request.query["before"]) if "before" in request.query else None
     except ValueError:
         raise bad_request("before must be an audit entry id", code="invalid_paging") from None
     target = user_uuid(request.query["userId"]) if request.query.get("userId") else None
-    rows = await audit.page(deps.db, limit=limit, before_id=before, action=request.query.get("action") or None,
-                            target_user_id=target)
+    rows = await service.audit_entries(deps_of(request), limit=limit, before_id=before,
+                                       action=request.query.get("action") or None, target_user_id=target)
     return web.json_response({"entries": [
         {"id": r["id"], "at": ms(r["created_at"]), "actor": r["actor_label"],
          "actorUserId": str(r["actor_user_id"]) if r["actor_user_id"] else None, "action": r["action"],
@@ -461,6 +429,6 @@ async def mod_audit(request: web.Request) -> web.Response:
 @routes.get("/mod/me")
 async def mod_me(request: web.Request) -> web.Response:
     mod = await require_moderator(request)
-    u = await store.moderator_by_id(deps_of(request).db, mod.user_id)
+    u = await service.moderator_account(deps_of(request), mod.user_id)
     return web.json_response({"userId": str(mod.user_id), "role": mod.role, "via": mod.via,
                               "name": u["name"] if u else None})

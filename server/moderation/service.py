@@ -14,15 +14,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 import structlog
 from aiohttp import web
 
+from server import ratelimit
 from server.accounts import access
 from server.accounts.profile import ms
 from server.background import every
 from server.calls import departures
 from server.deps import DEPS, Deps
-from server.errors import ApiError, bad_request, not_found
+from server.errors import ApiError, bad_request, not_found, rate_limited
+from server.httpio import ip_scope
 from server.ids import user_uuid
 from server.moderation import admin, audit, ipbans, store
 from server.moderation.authz import Moderator
@@ -58,6 +61,14 @@ async def enforce(deps: Deps, user_id: UUID, banned: bool) -> None:
 
 
 # ---- reports ----
+
+async def throttle_reports(deps: Deps, ip: str | None) -> None:
+    """Count one report attempt from this address; 429 past REPORTS_PER_IP_PER_HOUR."""
+    w = await ratelimit.hit(deps.redis, f"report:ip:{ip_scope(ip)}", 3600)
+    if w.count > deps.settings.reports_per_ip_per_hour:
+        raise rate_limited("Too many reports", w.retry_after_s, code="report_rate_limited",
+                           message=f"Please wait {w.retry_after_s} seconds before reporting again.")
+
 
 async def report(deps: Deps, reporter: UUID, ip: str | None, reported_ref: str, reason: str,
                  room_ref: str | None) -> dict[str, Any]:
@@ -274,6 +285,117 @@ async def note(deps: Deps, actor: Actor, report_id: UUID, body: str) -> dict[str
         await audit.record(conn, actor_label=actor.label, actor_user_id=actor.user_id, ip=actor.ip,
                            action="report_note", details={"reportId": str(report_id), "noteId": row["id"]})
     return {"success": True, "noteId": row["id"], "createdAt": ms(row["created_at"])}
+
+
+# ---- what moderators look at ----
+
+@dataclass(frozen=True)
+class PendingReview:
+    """A temporary ban waiting for review, the reports against that user, and (for admins) their addresses."""
+    ban: asyncpg.Record
+    reports: list[asyncpg.Record]
+    ips: list[str] | None
+
+
+@dataclass(frozen=True)
+class ReportDetail:
+    report: asyncpg.Record
+    notes: list[asyncpg.Record]
+    ban: asyncpg.Record | None
+    others: list[asyncpg.Record]  # the other reports against the same user
+
+
+@dataclass(frozen=True)
+class UserDossier:
+    user: asyncpg.Record
+    received: list[asyncpg.Record]
+    made: list[asyncpg.Record]
+    calls: list[asyncpg.Record]
+    ban: asyncpg.Record | None
+    warning: asyncpg.Record | None
+    ips: list[str] | None  # admins only (§6 D23)
+
+
+async def blacklist(deps: Deps) -> list[asyncpg.Record]:
+    """Permanently banned users, newest first (the public blacklist)."""
+    return await store.blacklist(deps.db)
+
+
+async def pending_reviews(deps: Deps, *, with_ips: bool) -> list[PendingReview]:
+    bans = await store.bans(deps.db, status="temporary", review="pending")
+    ids = [b["user_id"] for b in bans]
+    reports = await store.reports_against(deps.db, ids)
+    ips = await store.user_ips(deps.db, ids) if with_ips else {}
+    by_user: dict[UUID, list[asyncpg.Record]] = {}
+    for r in reports:
+        by_user.setdefault(r["reported_id"], []).append(r)
+    return [PendingReview(b, by_user.get(b["user_id"], []), ips.get(b["user_id"])) for b in bans]
+
+
+async def reports(deps: Deps, *, states: list[str] | None, limit: int, offset: int = 0) -> list[asyncpg.Record]:
+    return await store.list_reports(deps.db, states=states, limit=limit, offset=offset)
+
+
+async def report_queue(deps: Deps, states: list[str] | None, limit: int,
+                       offset: int) -> tuple[list[asyncpg.Record], int]:
+    """One page of reports in `states` (None: all), newest first, and how many there are in all."""
+    rows = await store.list_reports(deps.db, states=states, limit=limit, offset=offset)
+    return rows, await store.count_reports(deps.db, states)
+
+
+async def report_detail(deps: Deps, report_id: UUID) -> ReportDetail:
+    r = await store.get_report(deps.db, report_id)
+    if r is None:
+        raise not_found("Report not found", code="report_not_found")
+    notes = await store.notes(deps.db, report_id)
+    ban = await store.get_ban(deps.db, r["reported_id"])
+    others = await store.list_reports(deps.db, states=None, limit=100, reported=r["reported_id"])
+    return ReportDetail(r, notes, ban, [o for o in others if o["id"] != report_id])
+
+
+async def user_dossier(deps: Deps, user_id: UUID, *, with_ips: bool) -> UserDossier:
+    """Everything a moderator needs about one user; addresses only `with_ips` (admins)."""
+    u = await store.find_user(deps.db, user_id)
+    if u is None:
+        raise not_found("User not found", code="user_not_found")
+    received = await store.list_reports(deps.db, states=None, limit=200, reported=user_id)
+    made = await store.list_reports(deps.db, states=None, limit=200, reporter=user_id)
+    calls = await store.call_history(deps.db, user_id)
+    ban = await store.get_ban(deps.db, user_id)
+    warning = await store.latest_warning(deps.db, user_id)
+    ips = (await store.user_ips(deps.db, [user_id])).get(user_id, []) if with_ips else None
+    return UserDossier(u, received, made, calls, ban, warning, ips)
+
+
+async def ban_list(deps: Deps, status: str | None, *,
+                   with_ips: bool) -> list[tuple[asyncpg.Record, list[str] | None]]:
+    """Ban records (of users now in `status`, or all), each with its user's addresses when `with_ips`."""
+    rows = await store.bans(deps.db, status=status, limit=500)
+    ips = await store.user_ips(deps.db, [r["user_id"] for r in rows]) if with_ips else {}
+    return [(r, ips.get(r["user_id"])) for r in rows]
+
+
+async def ip_bans(deps: Deps) -> list[asyncpg.Record]:
+    """IP bans in force, newest first."""
+    return await store.ip_bans(deps.db)
+
+
+async def find_ip_ban(deps: Deps, ip: str) -> asyncpg.Record | None:
+    """The IP ban in force for `ip`, if any."""
+    return {b["ip"]: b for b in await store.ip_bans(deps.db)}.get(ip)
+
+
+async def stats(deps: Deps) -> asyncpg.Record:
+    return await store.stats(deps.db)
+
+
+async def audit_entries(deps: Deps, *, limit: int, before_id: int | None, action: str | None,
+                        target_user_id: UUID | None) -> list[asyncpg.Record]:
+    return await audit.page(deps.db, limit=limit, before_id=before_id, action=action, target_user_id=target_user_id)
+
+
+async def moderator_account(deps: Deps, user_id: UUID) -> asyncpg.Record | None:
+    return await store.moderator_by_id(deps.db, user_id)
 
 
 # ---- timed bans running out ----
