@@ -16,9 +16,9 @@ from server.moderation import admin, audit, store
 async def _moderator(conn: asyncpg.Connection, ref: str) -> asyncpg.Record:
     user_id = user_uuid(ref)
     if user_id is not None:
-        row = await conn.fetchrow("SELECT id, name, email, role FROM users WHERE id = $1", user_id)
+        row = await store.account_by_id(conn, user_id)
     else:
-        row = await conn.fetchrow("SELECT id, name, email, role FROM users WHERE email = $1", ref.strip().lower())
+        row = await store.account_by_email(conn, ref.strip().lower())
     if row is None:
         raise OperatorError(f"no user with id or email {ref!r}")
     if row["role"] not in admin.MODERATOR_ROLES or not row["email"]:
@@ -54,8 +54,7 @@ async def totp_enroll(conn: asyncpg.Connection, ref: str, issuer: str) -> str:
 async def totp_remove(conn: asyncpg.Connection, ref: str) -> str:
     async with conn.transaction():
         user = await _moderator(conn, ref)
-        done = await conn.execute("DELETE FROM moderator_totp WHERE user_id = $1", user["id"])
-        if not done.endswith(" 1"):
+        if not await store.remove_totp(conn, user["id"]):
             return f"{user['email']} has no second factor"
         await audit.record(conn, actor_label="cli", action="totp_remove", target_user_id=user["id"])
     return f"second factor removed for {user['email']}"

@@ -321,6 +321,18 @@ async def enroll_totp(conn: Conn, user_id: UUID, secret: str) -> None:
         user_id, secret)
 
 
+async def remove_totp(conn: Conn, user_id: UUID) -> bool:
+    return (await conn.execute("DELETE FROM moderator_totp WHERE user_id = $1", user_id)).endswith(" 1")
+
+
+async def account_by_id(conn: Conn, user_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT id, name, email, role FROM users WHERE id = $1", user_id)
+
+
+async def account_by_email(conn: Conn, email: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT id, name, email, role FROM users WHERE email = $1", email)
+
+
 async def moderator_by_login(conn: Conn, username: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         """SELECT u.id, u.name, u.email, u.role, u.ban_status, u.password_hash, t.secret AS totp_secret

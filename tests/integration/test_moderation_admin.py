@@ -154,6 +154,20 @@ async def test_totp_enrolled_from_the_cli_is_required_and_never_replayed(client,
     assert refused.returncode == 2 and "moderator" in refused.stderr
 
 
+async def test_totp_removed_from_the_cli_by_user_id(client, db, stack):
+    mod = await make_moderator(client, db, "mod@example.com")
+    assert run_cli(stack, "user", "totp-enroll", mod["userId"]).returncode == 0
+    status, _ = await login(client, "mod@example.com", mod["password"])
+    assert status == 401  # a code is needed now
+    done = run_cli(stack, "user", "totp-remove", mod["userId"])
+    assert done.returncode == 0 and "second factor removed for mod@example.com" in done.stdout, done.stderr
+    status, body = await login(client, "mod@example.com", mod["password"])
+    assert status == 200 and body["totp"] is False
+    again = run_cli(stack, "user", "totp-remove", "mod@example.com")
+    assert again.returncode == 0 and "has no second factor" in again.stdout
+    assert await db.fetchval("SELECT count(*) FROM audit_log WHERE action = 'totp_remove'") == 1
+
+
 async def test_require_totp_setting(db, base_settings, aiohttp_client, stack):
     from server.app import create_app
 
