@@ -211,13 +211,19 @@ async def unban_ip(deps: Deps, actor: Actor, ip: str) -> dict[str, Any]:
     return {"success": True, "ip": ip}
 
 
+async def _report(conn: store.Conn, report_id: UUID) -> asyncpg.Record:
+    """The report, or 404 Report not found."""
+    rep = await store.get_report(conn, report_id)
+    if rep is None:
+        raise not_found("Report not found", code="report_not_found")
+    return rep
+
+
 async def resolve(deps: Deps, actor: Actor, report_id: UUID, action: str, reason: str,
                   hours: float | None) -> dict[str, Any]:
     """Resolve a report with an action (Mastodon-style): dismiss, warn, temporary/permanent ban of
     the reported user, or an IP ban of the addresses they used (a decision, never automatic)."""
-    rep = await store.get_report(deps.db, report_id)
-    if rep is None:
-        raise not_found("Report not found", code="report_not_found")
+    rep = await _report(deps.db, report_id)
     if rep["state"] == "resolved":
         raise ApiError(409, "already_resolved", "Report already resolved")
     target = rep["reported_id"]
@@ -254,9 +260,7 @@ async def claim(deps: Deps, actor: Actor, report_id: UUID, force: bool) -> dict[
     async with deps.db.acquire() as conn, conn.transaction():
         row = await store.claim_report(conn, report_id, actor.user_id, force)
         if row is None:
-            rep = await store.get_report(conn, report_id)
-            if rep is None:
-                raise not_found("Report not found", code="report_not_found")
+            rep = await _report(conn, report_id)
             if rep["state"] == "resolved":
                 raise ApiError(409, "already_resolved", "Report already resolved")
             raise ApiError(409, "claimed_by_other", "Another moderator has claimed this report",
@@ -279,8 +283,7 @@ async def release(deps: Deps, actor: Actor, report_id: UUID) -> dict[str, Any]:
 async def note(deps: Deps, actor: Actor, report_id: UUID, body: str) -> dict[str, Any]:
     assert actor.user_id is not None
     async with deps.db.acquire() as conn, conn.transaction():
-        if await store.get_report(conn, report_id) is None:
-            raise not_found("Report not found", code="report_not_found")
+        await _report(conn, report_id)
         row = await store.add_note(conn, report_id, actor.user_id, actor.label, body)
         await audit.record(conn, actor_label=actor.label, actor_user_id=actor.user_id, ip=actor.ip,
                            action="report_note", details={"reportId": str(report_id), "noteId": row["id"]})
@@ -344,9 +347,7 @@ async def report_queue(deps: Deps, states: list[str] | None, limit: int,
 
 
 async def report_detail(deps: Deps, report_id: UUID) -> ReportDetail:
-    r = await store.get_report(deps.db, report_id)
-    if r is None:
-        raise not_found("Report not found", code="report_not_found")
+    r = await _report(deps.db, report_id)
     notes = await store.notes(deps.db, report_id)
     ban = await store.get_ban(deps.db, r["reported_id"])
     others = await store.list_reports(deps.db, states=None, limit=100, reported=r["reported_id"])
