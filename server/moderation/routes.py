@@ -161,7 +161,7 @@ async def pending(request: web.Request) -> web.Response:
 async def all_reports(request: web.Request) -> web.Response:
     mod = await require_moderator(request)
     deps = deps_of(request)
-    rows = await service.reports(deps, states=None, limit=500)
+    rows = await service.recent_reports(deps, 500)
     items = [report_json(deps, r, admin_view=mod.is_admin) for r in rows]
     return web.json_response({"reports": items, "count": len(items)})
 

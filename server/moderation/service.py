@@ -335,8 +335,9 @@ async def pending_reviews(deps: Deps, *, with_ips: bool) -> list[PendingReview]:
     return [PendingReview(b, by_user.get(b["user_id"], []), ips.get(b["user_id"])) for b in bans]
 
 
-async def reports(deps: Deps, *, states: list[str] | None, limit: int, offset: int = 0) -> list[asyncpg.Record]:
-    return await store.list_reports(deps.db, states=states, limit=limit, offset=offset)
+async def recent_reports(deps: Deps, limit: int) -> list[asyncpg.Record]:
+    """The newest `limit` reports, whatever their state."""
+    return await store.list_reports(deps.db, states=None, limit=limit)
 
 
 async def report_queue(deps: Deps, states: list[str] | None, limit: int,
