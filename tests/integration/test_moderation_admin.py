@@ -82,6 +82,10 @@ async def test_login_verify_logout_with_a_hashed_shared_session(client, db):
     resp = await client.get("/admin/verify", headers=auth(token))
     assert resp.status == 401 and (await resp.json())["valid"] is False
     assert (await client.post("/admin/logout", headers=auth(token))).status == 200  # always 200
+    rows = await db.fetch("SELECT actor_label, actor_user_id, target_user_id, host(ip) AS ip FROM audit_log "
+                          "WHERE action = 'admin_logout'")
+    assert [(r["actor_label"], str(r["actor_user_id"]), str(r["target_user_id"]), r["ip"]) for r in rows] \
+        == [(f"moderator:{mod['userId']}", mod["userId"], mod["userId"], "127.0.0.1")]  # one row: the real logout
     assert (await client.get("/admin/verify")).status == 401
 
 
