@@ -89,6 +89,24 @@ async def test_login_verify_logout_with_a_hashed_shared_session(client, db):
     assert (await client.get("/admin/verify")).status == 401
 
 
+async def test_verify_reads_role_and_ban_now_not_at_sign_in(client, db):
+    mod = await make_moderator(client, db, "mod@example.com")
+    _, body = await login(client, "mod@example.com", mod["password"])
+    token = body["adminToken"]
+    resp = await client.get("/admin/verify", headers={"X-Admin-Token": token})
+    assert resp.status == 200 and (await resp.json())["role"] == "moderator"
+    invalid = {"valid": False, "error": "Invalid or expired session", "code": "unauthorized"}
+    await db.execute("UPDATE users SET role = 'user' WHERE id = $1", mod["userId"])
+    resp = await client.get("/admin/verify", headers={"X-Admin-Token": token})
+    assert resp.status == 401 and await resp.json() == invalid
+    await db.execute("UPDATE users SET role = 'admin', ban_status = 'temporary' WHERE id = $1", mod["userId"])
+    resp = await client.get("/admin/verify", headers=auth(token))
+    assert resp.status == 401 and await resp.json() == invalid
+    await db.execute("UPDATE users SET ban_status = 'vindicated' WHERE id = $1", mod["userId"])
+    resp = await client.get("/admin/verify", headers=auth(token))
+    assert resp.status == 200 and (await resp.json())["role"] == "admin"
+
+
 async def test_bad_credentials_and_non_moderators_get_invalid_credentials(client, db):
     mod = await make_moderator(client, db, "mod@example.com")
     plain = await make_moderator(client, db, "plain@example.com", role="user")
