@@ -108,7 +108,8 @@ async def reset_state(settings: Settings) -> None:
         await conn.close()
     import redis.asyncio as aioredis
 
-    r = aioredis.from_url(settings.redis_url)
+    # Generous timeout: a stalled loaded machine must not fail a test in its set-up (redis-py's default is 5 s).
+    r = aioredis.from_url(settings.redis_url, socket_timeout=30)
     try:
         await r.flushdb()
     finally:
