@@ -31,6 +31,7 @@ from server.presence import events as _presence_events  # noqa: F401  (registers
 from server.presence import gate
 from server.presence import state as presence
 from server.presence.deck import Deck
+from server.presence.registry import Registry
 from server.referrals import notifications as referral_notifications
 from server.settings import Settings
 from server.timers import STORE_DOWN, Sweeper, now_ms
@@ -108,8 +109,12 @@ class Realtime:
             "grace": departures.on_grace,
             "persist": rooms.on_persist,
             "cooldown": cooldowns.on_timer,
-        }, on_dead_sid=lambda d, sid: departures.socket_gone(d, sid, explicit=False),
-            on_registry_lost=self.reregister, on_nodes=self._nodes_seen, on_reconcile=self.reconcile)
+        })
+        self.registry = Registry(
+            deps, sio, self.local,
+            on_dead_sid=lambda d, sid: departures.socket_gone(d, sid, explicit=False),
+            before_reregister=self._recover_durable, on_returned=self._partner_reconnected,
+            on_nodes=self._nodes_seen, on_reconcile=self._cut_expired)
         if isinstance(sio.manager, NodeManager):
             sio.manager.controls["access"] = self._access_changed
             sio.manager.controls["sessions"] = self._sessions_revoked
@@ -286,7 +291,7 @@ class Realtime:
         await self.sio.enter_room(sid, emit.user_room(uid))
         sender.bound_ms = now_ms()  # from here on, every emit to the user reaches this socket
         await self.sio.enter_room(sid, emit.session_room(sess))
-        arrival = await presence.add_socket(self.deps.redis, uid, sid, self.deps.settings.node_id, sess)
+        arrival = await self.registry.register(sender)
         if self.local.get(sid) is not sender or not self.sio.manager.is_connected(sid, "/"):
             # The socket went away while we were binding it (or while `auth` waited on Postgres, before
             # it was ours to unbind): its disconnect found nothing to remove.
@@ -341,28 +346,18 @@ class Realtime:
         except Exception:
             log.exception("disconnect_cleanup_failed", sid=sid)
 
-    async def reconcile(self) -> None:
-        """Periodic: a socket whose session expired is cut (issue 12 §7). A sid registered in Redis for
-        this node that this node does not hold is a ghost (a cleanup that failed halfway, a Redis error
-        after the local pop): take it out, so its user goes offline within one period (issue 11 §3)."""
-        now = time.time()  # idle sockets whose session expired are cut here, not only on their next event
+    async def _cut_expired(self) -> None:
+        """Periodic (the registry's reconcile period): a socket whose session expired is cut even when
+        idle, not only on its next event (issue 12 §7)."""
+        now = time.time()
         for sender in [x for x in self.local.values() if x.expires_at <= now]:
             await self._session_ok(sender)
-        registered = await presence.node_sids(self.deps.redis, self.deps.settings.node_id)
-        ghosts = [sid for sid in registered if sid not in self.local and not self.sio.manager.is_connected(sid, "/")]
-        for sid in ghosts:
-            try:
-                await departures.socket_gone(self.deps, sid, explicit=False)
-            except Exception:
-                log.exception("ghost_cleanup_failed", sid=sid)
-        if ghosts:
-            log.warning("ghosts_removed", sockets=len(ghosts))
 
-    async def reregister(self) -> None:
-        """Redis has no record of this node (start-up, or Redis lost its data): put this node's
-        live sockets back into presence and reload durable cooldowns (first: whoever sees these users
-        online again must also see their cooldowns). A slow or failed load does not hold the heartbeat
-        up: it is retried on the next beat (its marker is only set once loaded)."""
+    async def _recover_durable(self) -> None:
+        """Before this node's sockets go back into a Redis that lost them: reload durable cooldowns
+        (whoever sees these users online again must also see their cooldowns) and restore live calls.
+        A slow or failed load does not hold the heartbeat up: it is retried on the next beat (its
+        marker is only set once loaded)."""
         try:
             await asyncio.wait_for(rebuild_if_lost(self.deps), 2)
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
@@ -371,26 +366,6 @@ class Realtime:
             await asyncio.wait_for(resume.restore_calls(self.deps), 5)
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             log.error("calls_restore_failed", error=repr(exc))
-        readded = []
-        for sender in list(self.local.values()):
-            if sender.sid in self.local:
-                arrival = await presence.add_socket(self.deps.redis, sender.user_id, sender.sid,
-                                                    self.deps.settings.node_id, sender.session_id)
-                readded.append(sender.sid)
-                if arrival.was_away and arrival.room_id:
-                    # This node was frozen long enough to be reaped (SIGSTOP, a long pause): the partner
-                    # was told we were gone; the call goes on (issue 11 §6).
-                    await self._partner_reconnected(sender.user_id, arrival.room_id)
-        # Users whose sockets are in the queue room were in the deck: put them back (not if in a call).
-        queued = self.sio.manager.rooms.get("/", {}).get(emit.QUEUE, {})
-        for uid in {self.local[sid].user_id for sid in readded if sid in queued and sid in self.local}:
-            await presence.join_queue(self.deps.redis, uid)
-        # A socket that disconnected while we re-added it was removed before our add: undo it.
-        for sid in readded:
-            if sid not in self.local:
-                await presence.remove_socket(self.deps.redis, sid, explicit=True, grace_due_ms=0)
-        if readded:
-            log.warning("presence_rebuilt", sockets=len(readded))
 
     # ---- every client event ----
     def _wrap(self, spec: EventSpec) -> Any:
@@ -493,6 +468,7 @@ class Realtime:
             return
         self.closed = True
         await self.sweeper.stop()
+        await self.registry.stop()
         # Our sockets vanish with the process: apply the grace rules (clients may reconnect to
         # another node in time), then close them so the web server is not kept waiting.
         for sid in list(self.local):
@@ -541,7 +517,8 @@ async def start(app: web.Application, deps: Deps) -> None:
             sio.manager.initialize()
         with contextlib.suppress(Exception):  # the others start publishing to us at once
             await sio.manager.publish_control("hello", host=sio.manager.host_id)
-    rt.sweeper.start()  # its first heartbeat finds this node new and loads cooldowns (reregister)
+    rt.sweeper.start()
+    rt.registry.start()  # its first heartbeat finds this node new and loads cooldowns (reregister)
 
 
 async def close_sockets(app: web.Application) -> None:
