@@ -1,5 +1,7 @@
-"""Socket.IO server: handshake authentication, the `auth` event, (re)binding sockets to users with
-resume (§7 E3), and the wrapper every client event goes through (auth, rate, size, schema)."""
+"""Socket.IO server: handshake authentication, the `auth` event, binding sockets to users, and the
+wrapper every client event goes through (auth, rate, size, schema) before the domains' handlers.
+Resume lives in calls/resume.py, presence registration and the heartbeat in presence/registry.py,
+the per-socket token bucket in ratelimit.py."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import json
 import time
 from typing import Any
 
-import asyncpg
 import socketio
 import structlog
 from aiohttp import web
@@ -18,9 +19,8 @@ from engineio.async_drivers import aiohttp as eio_aiohttp
 
 from server import emit
 from server.accounts.sessions import Principal, authenticate_hash, hash_token
-from server.calls import cooldowns, departures, invites, resume, rooms, state
+from server.calls import cooldowns, departures, invites, resume, rooms
 from server.calls import events as _call_events  # noqa: F401  (registers handlers)
-from server.calls.cooldowns import rebuild_if_lost
 from server.deps import Deps
 from server.errors import ApiError
 from server.events import EVENTS, EventSpec, Sender, obj
@@ -29,9 +29,9 @@ from server.httpio import client_ip, ip_scope, validate
 from server.ops import metrics
 from server.presence import events as _presence_events  # noqa: F401  (registers handlers)
 from server.presence import gate
-from server.presence import state as presence
 from server.presence.deck import Deck
 from server.presence.registry import Registry
+from server.ratelimit import TokenBucket
 from server.referrals import notifications as referral_notifications
 from server.settings import Settings
 from server.timers import STORE_DOWN, Sweeper, now_ms
@@ -82,21 +82,12 @@ def attach(app: web.Application, settings: Settings) -> socketio.AsyncServer:
 _SESSION_CACHE_MAX = 50_000  # entries; a full cache is dropped whole (it is only a cache)
 
 
-class _Bucket:
-    __slots__ = ("last", "tokens", "warned")
-
-    def __init__(self, burst: int) -> None:
-        self.tokens = float(burst)
-        self.last = time.monotonic()
-        self.warned = 0.0
-
-
 class Realtime:
     def __init__(self, deps: Deps, sio: socketio.AsyncServer) -> None:
         self.deps = deps
         self.sio = sio
         self.local: dict[str, Sender] = {}  # authenticated sockets on this node
-        self.buckets: dict[str, _Bucket] = {}  # every socket of this node, authenticated or not
+        self.buckets: dict[str, TokenBucket] = {}  # every socket of this node, authenticated or not
         self.sessions: dict[bytes, tuple[float, Principal]] = {}  # token hash -> (read at, session)
         self.scope_of: dict[str, str] = {}  # sid -> its client address scope (httpio.ip_scope)
         self.per_scope: dict[str, int] = {}  # sockets held per address scope
@@ -113,7 +104,8 @@ class Realtime:
         self.registry = Registry(
             deps, sio, self.local,
             on_dead_sid=lambda d, sid: departures.socket_gone(d, sid, explicit=False),
-            before_reregister=self._recover_durable, on_returned=self._partner_reconnected,
+            before_reregister=lambda: resume.recover_after_loss(deps),
+            on_returned=lambda uid, room: resume.partner_reconnected(deps, uid, room),
             on_nodes=self._nodes_seen, on_reconcile=self._cut_expired)
         if isinstance(sio.manager, NodeManager):
             sio.manager.controls["access"] = self._access_changed
@@ -152,7 +144,7 @@ class Realtime:
             metrics.SOCKET_CONNECTS.labels("refused").inc()
             raise socketio.exceptions.ConnectionRefusedError("Too many connections from your network")
         admitted = False
-        self.buckets[sid] = _Bucket(s.socket_event_burst)
+        self.buckets[sid] = TokenBucket(s.socket_event_burst)
         self.scope_of[sid] = scope
         self.per_scope[scope] = self.per_scope.get(scope, 0) + 1
         try:
@@ -303,33 +295,7 @@ class Realtime:
         await referral_notifications.deliver_unread(self.deps, sid, uid)  # once per connection (D26)
         if arrival.first_socket:
             await emit.to_queue(self.deps, "presence:update", {"userId": uid, "online": True, "available": False})
-        await self._resume(sender, arrival)
-
-    async def _resume(self, sender: Sender, arrival: presence.Arrival) -> None:
-        """E3: put a (re)connected socket back into its call and replay what it missed."""
-        deps, sid, uid = self.deps, sender.sid, sender.user_id
-        if arrival.room_id:
-            room = await state.get_room(deps.redis, arrival.room_id)
-            if room.get("state") == "active":
-                partner = room["b"] if room["a"] == uid else room["a"]
-                await self.sio.enter_room(sid, emit.member_room(arrival.room_id, uid))
-                peer = await _card(deps, partner)
-                await emit.to_sid(deps, sid, "call:resume", {
-                    "roomId": arrival.room_id, "peerUser": peer, "isInitiator": room["a"] == uid,
-                    "agreedSeconds": int(room["agreed"]), "endsAt": int(room["deadline"]), "serverNow": now_ms()})
-                if arrival.was_away:
-                    await self._partner_reconnected(uid, arrival.room_id)
-        if arrival.finalized:
-            session_id, _, _room = arrival.finalized.partition("|")
-            await emit.to_sid(deps, sid, "session:finalized", {"sessionId": session_id})
-        if arrival.incoming_invite:
-            await _renotify(deps, sid, arrival.incoming_invite)
-
-    async def _partner_reconnected(self, user_id: str, room_id: str) -> None:
-        room = await state.get_room(self.deps.redis, room_id)
-        if room.get("state") == "active":
-            partner = room["b"] if room["a"] == user_id else room["a"]
-            await emit.to_member(self.deps, room_id, partner, "room:partner-reconnected", {"userId": user_id})
+        await resume.resume_socket(self.deps, sender, arrival)
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         self._forget(sid)
@@ -352,20 +318,6 @@ class Realtime:
         now = time.time()
         for sender in [x for x in self.local.values() if x.expires_at <= now]:
             await self._session_ok(sender)
-
-    async def _recover_durable(self) -> None:
-        """Before this node's sockets go back into a Redis that lost them: reload durable cooldowns
-        (whoever sees these users online again must also see their cooldowns) and restore live calls.
-        A slow or failed load does not hold the heartbeat up: it is retried on the next beat (its
-        marker is only set once loaded)."""
-        try:
-            await asyncio.wait_for(rebuild_if_lost(self.deps), 2)
-        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-            log.warning("cooldowns_rebuild_deferred", error=repr(exc))
-        try:  # calls Redis lost come back from their durable record (idempotent across nodes)
-            await asyncio.wait_for(resume.restore_calls(self.deps), 5)
-        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-            log.error("calls_restore_failed", error=repr(exc))
 
     # ---- every client event ----
     def _wrap(self, spec: EventSpec) -> Any:
@@ -452,16 +404,10 @@ class Realtime:
         b = self.buckets.get(sid)
         if b is None:
             return False
-        now = time.monotonic()
-        b.tokens = min(float(s.socket_event_burst), b.tokens + (now - b.last) * s.socket_events_per_second)
-        b.last = now
-        if b.tokens >= 1:
-            b.tokens -= 1
-            return True
-        if now - b.warned >= 1:
-            b.warned = now
+        verdict = b.take(s.socket_events_per_second, s.socket_event_burst)
+        if verdict == "warn":
             self._spawn(emit.call_error(self.deps, sid, "RATE_LIMITED", "Too many events, slow down"))
-        return False
+        return verdict == "ok"
 
     async def shutdown(self) -> None:
         if self.closed:
@@ -483,24 +429,6 @@ def _caps(auth: Any) -> frozenset[str]:
     if not isinstance(raw, list):
         return frozenset()
     return frozenset(c for c in raw if isinstance(c, str) and c in KNOWN_CAPS)
-
-
-async def _card(deps: Deps, user_id: str) -> dict[str, Any]:
-    c = (await deps.deck.cards_of(deps, [user_id])).get(user_id)
-    return c.public if c is not None else {"userId": user_id, "name": ""}
-
-
-async def _renotify(deps: Deps, sid: str, invite_id: str) -> None:
-    """E3(d): a callee who reconnects sees the pending invite again if more than 5 s are left."""
-    inv = await state.get_invite(deps.redis, invite_id)
-    if not inv:
-        return
-    left = int(inv["window_end"]) - now_ms()
-    if left <= 5000:
-        return
-    await emit.to_sid(deps, sid, "call:notify", {"inviteId": invite_id, "fromUser": await _card(deps, inv["from"]),
-                                                 "requestedSeconds": int(inv["s1"]), "ttlMs": left,
-                                                 "expiresAt": int(inv["window_end"])})
 
 
 async def start(app: web.Application, deps: Deps) -> None:

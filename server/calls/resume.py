@@ -1,16 +1,97 @@
-"""Calls after Redis lost its data (issue 11 §1): every started call has a durable record in Postgres
-(live_calls, written at call:start, removed once its history is written). A node that finds Redis
-empty puts those calls back; each then ends the usual way (call:end, disconnect, or its deadline timer,
-at once if the deadline has passed), with history, cooldown and session:finalized for both."""
+"""Putting users back into their calls.
+
+* A (re)connected socket (§7 E3): back into its active call with `call:resume`, the partner told the
+  user is back, `session:finalized` replayed for a call that ended while the user was away, a pending
+  incoming invite re-notified.
+* A node that finds Redis lost its data (issue 11 §1): every started call has a durable record in
+  Postgres (live_calls, written at call:start, removed once its history is written). Durable cooldowns
+  are reloaded and those calls put back; each then ends the usual way (call:end, disconnect, or its
+  deadline timer, at once if the deadline has passed), with history, cooldown and session:finalized
+  for both.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import asyncpg
 import structlog
 
+from server import emit
 from server.calls import state, store
+from server.calls.cooldowns import rebuild_if_lost
 from server.deps import Deps
+from server.events import Sender
+from server.presence import state as presence
+from server.timers import now_ms
 
 log = structlog.get_logger(__name__)
+
+
+# ---- one socket (E3) ----
+
+async def resume_socket(deps: Deps, sender: Sender, arrival: presence.Arrival) -> None:
+    """E3: put a (re)connected socket back into its call and replay what it missed."""
+    sid, uid = sender.sid, sender.user_id
+    if arrival.room_id:
+        room = await state.get_room(deps.redis, arrival.room_id)
+        if room.get("state") == "active":
+            partner = room["b"] if room["a"] == uid else room["a"]
+            await deps.sio.enter_room(sid, emit.member_room(arrival.room_id, uid))
+            peer = await card(deps, partner)
+            await emit.to_sid(deps, sid, "call:resume", {
+                "roomId": arrival.room_id, "peerUser": peer, "isInitiator": room["a"] == uid,
+                "agreedSeconds": int(room["agreed"]), "endsAt": int(room["deadline"]), "serverNow": now_ms()})
+            if arrival.was_away:
+                await partner_reconnected(deps, uid, arrival.room_id)
+    if arrival.finalized:
+        session_id, _, _room = arrival.finalized.partition("|")
+        await emit.to_sid(deps, sid, "session:finalized", {"sessionId": session_id})
+    if arrival.incoming_invite:
+        await renotify(deps, sid, arrival.incoming_invite)
+
+
+async def partner_reconnected(deps: Deps, user_id: str, room_id: str) -> None:
+    room = await state.get_room(deps.redis, room_id)
+    if room.get("state") == "active":
+        partner = room["b"] if room["a"] == user_id else room["a"]
+        await emit.to_member(deps, room_id, partner, "room:partner-reconnected", {"userId": user_id})
+
+
+async def card(deps: Deps, user_id: str) -> dict[str, Any]:
+    c = (await deps.deck.cards_of(deps, [user_id])).get(user_id)
+    return c.public if c is not None else {"userId": user_id, "name": ""}
+
+
+async def renotify(deps: Deps, sid: str, invite_id: str) -> None:
+    """E3(d): a callee who reconnects sees the pending invite again if more than 5 s are left."""
+    inv = await state.get_invite(deps.redis, invite_id)
+    if not inv:
+        return
+    left = int(inv["window_end"]) - now_ms()
+    if left <= 5000:
+        return
+    await emit.to_sid(deps, sid, "call:notify", {"inviteId": invite_id, "fromUser": await card(deps, inv["from"]),
+                                                 "requestedSeconds": int(inv["s1"]), "ttlMs": left,
+                                                 "expiresAt": int(inv["window_end"])})
+
+
+# ---- Redis lost its data (issue 11 §1) ----
+
+async def recover_after_loss(deps: Deps) -> None:
+    """Before a node's sockets go back into a Redis that lost them: reload durable cooldowns (whoever
+    sees these users online again must also see their cooldowns) and restore live calls. A slow or
+    failed load does not hold the heartbeat up: it is retried on the next beat (its marker is only set
+    once loaded)."""
+    try:
+        await asyncio.wait_for(rebuild_if_lost(deps), 2)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        log.warning("cooldowns_rebuild_deferred", error=repr(exc))
+    try:  # calls Redis lost come back from their durable record (idempotent across nodes)
+        await asyncio.wait_for(restore_calls(deps), 5)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        log.error("calls_restore_failed", error=repr(exc))
 
 
 async def restore_calls(deps: Deps) -> int:
