@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.calls import invites, rooms
+from server.calls import enforce, invites, rooms
 from server.deps import Deps
 from server.events import ID, SDP_MAX_BYTES, Sender, obj, on
 from server.ids import canonical_user_id
@@ -21,12 +21,14 @@ def _user_id(value: str) -> str:
 
 @on("call:invite", obj(["toUserId"], toUserId=ID, requestedSeconds=SECONDS))
 async def call_invite(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
-    await invites.invite(deps, s, _user_id(d["toUserId"]), d.get("requestedSeconds", 300))
+    if v := await invites.invite(deps, s, _user_id(d["toUserId"]), d.get("requestedSeconds", 300)):
+        await enforce.deny(deps, s, v)
 
 
 @on("call:accept", obj(["inviteId"], inviteId=ID, requestedSeconds=SECONDS))
 async def call_accept(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
-    await invites.accept(deps, s, d["inviteId"], d.get("requestedSeconds", 300))
+    if v := await invites.accept(deps, s, d["inviteId"], d.get("requestedSeconds", 300)):
+        await enforce.deny(deps, s, v)
 
 
 @on("call:decline", obj(["inviteId"], inviteId=ID, reason={"enum": ["timeout", "user", None]}))
