@@ -28,6 +28,7 @@ log = structlog.get_logger(__name__)
 STORE_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError, asyncpg.PostgresConnectionError,
               asyncpg.InterfaceError)
 LEASE_MS = 30_000
+RETRY_MS = 2_000  # a handler that failed because a store is down runs again this soon (not after the lease)
 BATCH = 50
 
 _CLAIM = Script(
@@ -45,6 +46,15 @@ _DONE = Script(
     local score = redis.call('ZSCORE', 'timers', ARGV[1])
     if score and tonumber(score) == tonumber(ARGV[2]) then return redis.call('ZREM', 'timers', ARGV[1]) end
     return 0
+    """
+)
+
+# Re-arms a claimed timer sooner, only if nobody re-armed it since it was claimed.
+_RETRY = Script(
+    """
+    local score = redis.call('ZSCORE', 'timers', ARGV[1])
+    if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+    return redis.call('ZADD', 'timers', 'XX', ARGV[3], ARGV[1])
     """
 )
 
@@ -113,6 +123,10 @@ class Sweeper:
                 continue
             try:
                 await handler(self.deps, ident)
+            except STORE_DOWN as exc:  # an outage (Postgres down, say): retried soon, without a traceback
+                log.warning("timer_handler_deferred", timer=member, error=repr(exc))
+                await _RETRY(redis, [], [member, lease, now_ms() + RETRY_MS])
+                continue
             except Exception:
                 log.exception("timer_handler_failed", timer=member)  # retried after the lease
                 continue

@@ -18,8 +18,6 @@ import redis.asyncio as aioredis
 from server.calls.policy import COOLDOWN_MS
 from server.redis import Script
 
-ROOM_KEEP_SECONDS = 600  # a finalised room's record outlives it for replays and E3(c)
-
 # ---------------------------------------------------------------- invites
 
 _INVITE_CREATE = Script(
@@ -377,11 +375,12 @@ async def finalize(r: aioredis.Redis, room_id: str, reason: str, now: int, coold
     return str(res[0]), str(res[1])
 
 
-async def mark_persisted(r: aioredis.Redis, room_id: str) -> None:
-    """The durable write is done: the finalised room's record now only serves replays, for a while."""
+async def mark_persisted(r: aioredis.Redis, room_id: str, keep_seconds: float) -> None:
+    """The durable write is done: the finalised room's record now only serves replays, for
+    `keep_seconds` (settings.room_keep_seconds)."""
     async with r.pipeline(transaction=False) as pipe:
         for suffix in ("", ":joined", ":chat"):
-            pipe.expire(f"room:{room_id}{suffix}", ROOM_KEEP_SECONDS)
+            pipe.expire(f"room:{room_id}{suffix}", max(1, int(keep_seconds)))
         await pipe.execute()
 
 
