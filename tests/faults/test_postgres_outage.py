@@ -3,6 +3,8 @@
 * The outage outlasts the finalised room's Redis record lifetime (ROOM_KEEP_SECONDS, 2 s here): the
   record is kept until its history is written, both sides are told at once, and the history is written
   exactly once when Postgres returns (then the record expires as usual).
+* A participant deletes their account while the history write is still pending: the retry writes no
+  row and no counters for the deleted account, and the partner's row does not name them.
 """
 
 from __future__ import annotations
@@ -83,3 +85,55 @@ async def test_postgres_down_longer_than_the_room_record_lives(stack, users, pee
     assert await eventually(expired, within=KEEP_S + 5), "the written room's record never expired"
     assert [e for n, at in marks.items() for e in core_errors(n, at)] == []
     print(f"history written {recovered_s:.2f} s after Postgres came back")
+
+
+async def test_a_user_deleted_before_the_pending_history_write_is_not_written_back(
+        users, peers, n1, n2, settings, http):
+    a, b, pa, pb, start = await call_across(users, peers, n1, n2, join=True)
+    room, session = start["roomId"], start["sessionId"]
+    await pa.emit("room:chat", {"roomId": room, "text": "hello from A"})
+    await pb.emit("room:chat", {"roomId": room, "text": "hello from B"})
+    await pa.wait("room:chat", where=lambda m: m["text"] == "hello from B")
+    await _after_history_minimum(start)
+
+    # The history write fails (its transaction also ends the live record, whose table is locked: the
+    # statement times out after 1 s) and is left to the retry timer.
+    lock = await asyncpg.connect(settings.database_url)
+    tx = lock.transaction()
+    await tx.start()
+    try:
+        await lock.execute("LOCK TABLE live_calls IN ACCESS EXCLUSIVE MODE")
+        await pa.emit("call:end", {"roomId": room})
+        await pa.wait("session:finalized", timeout=8)
+        await pb.wait("session:finalized", timeout=8)
+        # Meanwhile B deletes the account (which does not touch live_calls).
+        async with http.delete(f"{n2.url}/user/me",
+                               headers={"Authorization": f"Bearer {b['sessionToken']}"}) as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["deleted"] is True
+    finally:
+        await tx.rollback()
+        await lock.close()
+
+    async with _connect(settings) as conn:
+        async def live_record_gone() -> bool:
+            return await conn.fetchval("SELECT count(*) FROM live_calls") == 0
+        assert await eventually(live_record_gone, within=15), "the pending history write never ran"
+        rows = await conn.fetch("SELECT user_id::text, partner_id, partner_name, messages FROM call_history "
+                                "WHERE session_id = $1", session)
+        # A keeps the call, without B's identity; nothing is written back for B.
+        assert [r["user_id"] for r in rows] == [a["userId"]]
+        assert rows[0]["partner_id"] is None and rows[0]["partner_name"] == "Deleted user"
+        said = [(m["from"], m["text"]) for m in _json(rows[0]["messages"]) if m.get("type") == "message"]
+        assert ("deleted-user", "hello from B") in said and (a["userId"], "hello from A") in said
+        assert b["userId"] not in str(_json(rows[0]["messages"]))
+        gone = await conn.fetchrow("SELECT session_count, timer_total_seconds FROM users WHERE id = $1", b["userId"])
+        assert gone["session_count"] == 0 and gone["timer_total_seconds"] == 0
+        mine = await conn.fetchval("SELECT session_count FROM users WHERE id = $1", a["userId"])
+        assert mine == 1
+
+
+def _json(value):
+    import json
+
+    return json.loads(value) if isinstance(value, str) else value
