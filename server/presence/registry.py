@@ -50,6 +50,10 @@ class Registry:
         self._beat_task: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._last_beat = 0.0
+        # Since when this node's own beats have gone through without a gap longer than the dead-node
+        # window: before that, the others' beats may be stale only because Redis (or this node) was
+        # unavailable, not because they died (see beat()).
+        self._steady_since = 0.0
         self._stopping = False
 
     # ---- public state ----
@@ -102,14 +106,20 @@ class Registry:
         if not await presence.known_node(redis, s.node_id):
             await self.reregister()
         await presence.heartbeat(redis, s.node_id, now_ms())
-        self._last_beat = time.monotonic()
+        mono = time.monotonic()
+        if not self._last_beat or mono - self._last_beat > s.node_dead_after_seconds:
+            self._steady_since = mono  # first beat, or the first after an outage (Redis down, a freeze)
+        self._last_beat = mono
         stale_before = now_ms() - int(s.node_dead_after_seconds * 1000)
         seen = await presence.nodes_seen(redis)
         self.on_nodes(s.node_id, {n for n, at in seen.items() if at >= stale_before})
-        dead = [n for n, at in seen.items() if at < stale_before]
+        # After Redis was unreachable for longer than the dead-node window (a restart that kept its
+        # data), every node's last beat is stale: the first node back must not reap the others before
+        # they had a whole window to beat again.
+        steady = mono - self._steady_since >= s.node_dead_after_seconds
+        dead = [n for n, at in seen.items() if at < stale_before] if steady else []
         if dead and (self._reaper is None or self._reaper.done()):
             self._reaper = asyncio.create_task(self._reap(dead, stale_before), name="node-reaper")
-        mono = time.monotonic()
         if mono - self._reconciled >= s.reconcile_seconds and (self._reconciler is None or self._reconciler.done()):
             self._reconciled = mono
             self._reconciler = asyncio.create_task(self._reconcile(), name="ghost-reconciler")
