@@ -104,7 +104,8 @@ class Realtime:
         self.registry = Registry(
             deps, sio, self.local,
             on_dead_sid=lambda d, sid: departures.socket_gone(d, sid, explicit=False),
-            before_reregister=lambda: resume.recover_after_loss(deps),
+            before_reregister=lambda: resume.recover_after_loss(deps, lost=True),
+            on_beat=lambda: resume.recover_after_loss(deps),
             on_returned=lambda uid, room: resume.partner_reconnected(deps, uid, room),
             on_nodes=self._nodes_seen, on_reconcile=self._cut_expired)
         if isinstance(sio.manager, NodeManager):

@@ -19,7 +19,7 @@ import asyncpg
 import structlog
 
 from server import emit
-from server.calls import state, store
+from server.calls import rooms, state, store
 from server.calls.cooldowns import rebuild_if_lost
 from server.deps import Deps
 from server.events import Sender
@@ -79,19 +79,34 @@ async def renotify(deps: Deps, sid: str, invite_id: str) -> None:
 
 # ---- Redis lost its data (issue 11 §1) ----
 
-async def recover_after_loss(deps: Deps) -> None:
-    """Before a node's sockets go back into a Redis that lost them: reload durable cooldowns (whoever
-    sees these users online again must also see their cooldowns) and restore live calls. A slow or
-    failed load does not hold the heartbeat up: it is retried on the next beat (its marker is only set
-    once loaded)."""
+CALLS_RESTORED = "calls:restored"  # set once live calls were restored into this Redis (gone with its data)
+
+
+async def recover_after_loss(deps: Deps, lost: bool = False) -> None:
+    """Runs before a node's sockets go back into a Redis that lost them (`lost`), and after every beat.
+
+    1. Final records of calls whose history write is pending on this node go back first (Redis only):
+       their end must not be undone by the restore below (the double fault: Redis lost while Postgres
+       was down). After a loss this runs whatever the marker says, overriding a call restored as live.
+    2. Durable cooldowns are reloaded (whoever sees these users online again must see them too).
+    3. Live calls come back from their durable records.
+    Steps 2 and 3 need Postgres: each sets its marker only once done, so a failure (Postgres down when
+    Redis came back) is retried on the next beat; each is bounded so it never holds anything up."""
+    await rooms.prune_unwritten(deps)
+    if lost or not await deps.redis.exists(CALLS_RESTORED):
+        await rooms.restore_unwritten(deps)
     try:
         await asyncio.wait_for(rebuild_if_lost(deps), 2)
-    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         log.warning("cooldowns_rebuild_deferred", error=repr(exc))
-    try:  # calls Redis lost come back from their durable record (idempotent across nodes)
+    if await deps.redis.exists(CALLS_RESTORED):
+        return
+    try:  # idempotent across nodes: a room that exists is left alone
         await asyncio.wait_for(restore_calls(deps), 5)
-    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-        log.error("calls_restore_failed", error=repr(exc))
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("calls_restore_deferred", error=repr(exc))
+        return
+    await deps.redis.set(CALLS_RESTORED, "1")
 
 
 async def restore_calls(deps: Deps) -> int:

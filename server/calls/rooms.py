@@ -218,8 +218,50 @@ async def finalize(deps: Deps, room_id: str, reason: str, leaver: str = "") -> b
     if persisted:  # else the persist timer stays armed: it retries the write, then sends the counters
         await announce_metrics(deps, (a, b), unlocked)
         await timers.cancel(deps, "persist", room_id)
+    else:
+        await _remember_unwritten(deps, room_id)
     log.info("call_finalized", room_id=room_id, reason=reason)
     return True
+
+
+# Finalised calls whose history write failed on this node (Postgres down), kept in this process until
+# the write is done (by any node). Redis holds the only other record of their end: if Redis loses its
+# data meanwhile (the double fault), this copy puts the final record back before anyone restores the
+# call from its durable live_calls row as if it were still running (calls/resume.py).
+_unwritten: dict[str, tuple[float, dict[str, str], list[str]]] = {}  # room -> (monotonic, room, chat json)
+_UNWRITTEN_MAX = 10_000
+_UNWRITTEN_MAX_AGE_S = 24 * 3600.0
+
+
+async def _remember_unwritten(deps: Deps, room_id: str) -> None:
+    if len(_unwritten) >= _UNWRITTEN_MAX:
+        _unwritten.pop(next(iter(_unwritten)))
+    room = await state.get_room(deps.redis, room_id)
+    chat = [str(m) for m in await deps.redis.lrange(f"room:{room_id}:chat", 0, -1)]
+    _unwritten[room_id] = (time.monotonic(), room, chat)
+
+
+async def restore_unwritten(deps: Deps) -> int:
+    """After Redis lost its data: put back the final records of this node's unwritten calls (each with
+    its persist timer and the pair's cooldown), overriding a room restored as live meanwhile. Entries
+    whose write is known to be done (the record has its post-write expiry) are dropped."""
+    put = 0
+    for room_id, (at, room, chat) in list(_unwritten.items()):
+        if time.monotonic() - at > _UNWRITTEN_MAX_AGE_S:
+            _unwritten.pop(room_id, None)
+            continue
+        if await state.refinalize(deps.redis, room_id, room, chat, timers.now_ms(), timers.now_ms() + timers.RETRY_MS):
+            put += 1
+    if put:
+        log.warning("final_records_restored", count=put)
+    return put
+
+
+async def prune_unwritten(deps: Deps) -> None:
+    """Forget unwritten calls whose history was written meanwhile (maybe by another node)."""
+    for room_id in list(_unwritten):
+        if await deps.redis.ttl(f"room:{room_id}") > 0:  # mark_persisted set its expiry
+            _unwritten.pop(room_id, None)
 
 
 async def _tell_finalized(deps: Deps, room_id: str, users: tuple[str, str], session_id: str, reason: str) -> None:
@@ -262,6 +304,7 @@ async def persist(deps: Deps, room_id: str) -> list[str]:
                 duration >= QR_SESSION_MIN_SECONDS, QR_SESSIONS_TO_UNLOCK)
         await store.end_live_call(conn, room_id)
     await state.mark_persisted(deps.redis, room_id, deps.settings.room_keep_seconds)
+    _unwritten.pop(room_id, None)
     return unlocked
 
 

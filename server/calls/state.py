@@ -335,6 +335,42 @@ _RESTORE = Script(
 )
 
 
+# Puts back the final record of a call whose end only Redis knew (its history write pending) after Redis
+# lost its data; overrides the same room restored as live from its durable record meanwhile.
+# ARGV: room, fields json, chat json list, now ms, persist due ms.
+_REFINAL = Script(
+    """
+    local room = ARGV[1]
+    local r = 'room:' .. room
+    local st = redis.call('HGET', r, 'state')
+    if st == 'final' then return 0 end
+    if st == 'active' and redis.call('HGET', r, 'restored') ~= '1' then return 0 end
+    local f = cjson.decode(ARGV[2])
+    redis.call('DEL', r)
+    for k, v in pairs(f) do redis.call('HSET', r, k, v) end
+    redis.call('HSET', r, 'state', 'final')
+    if redis.call('EXISTS', r .. ':chat') == 0 then
+      for _, m in ipairs(cjson.decode(ARGV[3])) do redis.call('RPUSH', r .. ':chat', m) end
+    end
+    for _, u in ipairs({f['a'], f['b']}) do
+      if redis.call('GET', 'u:' .. u .. ':room') == room then redis.call('DEL', 'u:' .. u .. ':room') end
+    end
+    redis.call('ZREM', 'timers', 'deadline:' .. room)
+    redis.call('ZADD', 'timers', ARGV[5], 'persist:' .. room)
+    local left = tonumber(f['ended'] or '0') + tonumber(f['cd'] or '0') - tonumber(ARGV[4])
+    local a, b = f['a'], f['b']
+    if b < a then a, b = b, a end
+    if left > 0 then redis.call('SET', 'cd:' .. a .. ':' .. b, '1', 'PX', left, 'NX') end
+    return 1
+    """
+)
+
+
+async def refinalize(r: aioredis.Redis, room_id: str, room: dict[str, str], chat: list[str], now: int,
+                     persist_due: int) -> bool:
+    return bool(await _REFINAL(r, [], [room_id, json.dumps(room), json.dumps(chat), now, persist_due]))
+
+
 async def restore_room(r: aioredis.Redis, room_id: str, caller: str, callee: str, started_ms: int, agreed: int,
                        deadline_ms: int, session_id: str) -> bool:
     return bool(await _RESTORE(r, [], [room_id, caller, callee, started_ms, agreed, deadline_ms, session_id]))

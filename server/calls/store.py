@@ -93,7 +93,9 @@ async def live_calls(conn: Conn) -> list[asyncpg.Record]:
         """SELECT room_id::text, session_id::text, caller_id::text, callee_id::text, agreed_seconds,
                   (extract(epoch FROM started_at) * 1000)::bigint AS started_ms,
                   (extract(epoch FROM deadline_at) * 1000)::bigint AS deadline_ms
-           FROM live_calls""")
+           FROM live_calls l
+           -- a call whose history exists has ended (a record left by a write that was not atomic)
+           WHERE NOT EXISTS (SELECT 1 FROM call_history h WHERE h.session_id = l.session_id)""")
 
 
 async def record_call(conn: asyncpg.Connection, session_id: UUID, room_id: UUID, started_at: datetime,

@@ -36,7 +36,8 @@ class Registry:
                  before_reregister: Callable[[], Awaitable[None]],
                  on_returned: Callable[[str, str], Awaitable[None]],
                  on_nodes: Callable[[str, set[str]], None] = lambda _me, _alive: None,
-                 on_reconcile: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_reconcile: Callable[[], Awaitable[None]] | None = None,
+                 on_beat: Callable[[], Awaitable[None]] | None = None) -> None:
         self.deps = deps
         self.sio = sio
         self.local = local  # authenticated sockets of this node (owned by realtime.Realtime)
@@ -45,6 +46,8 @@ class Registry:
         self.on_returned = on_returned  # (user, room): a user reaped while frozen is back in its call
         self.on_nodes = on_nodes  # (me, nodes alive) after each beat
         self.on_reconcile = on_reconcile  # extra periodic work of the reconcile period
+        self.on_beat = on_beat  # after each beat, in a task of its own (retries of deferred recoveries)
+        self._after_beat: asyncio.Task[None] | None = None
         self._reconciled = time.monotonic()
         self._reconciler: asyncio.Task[None] | None = None
         self._beat_task: asyncio.Task[None] | None = None
@@ -74,7 +77,7 @@ class Registry:
         # A flag as well as cancel(): a cancellation swallowed inside a client library must not
         # keep the loop (and the shutdown waiting on it) alive.
         self._stopping = True
-        tasks = [t for t in (self._beat_task, self._reaper, self._reconciler) if t is not None]
+        tasks = [t for t in (self._beat_task, self._reaper, self._reconciler, self._after_beat) if t is not None]
         for t in tasks:
             t.cancel()
         if tasks:
@@ -123,6 +126,16 @@ class Registry:
         if mono - self._reconciled >= s.reconcile_seconds and (self._reconciler is None or self._reconciler.done()):
             self._reconciled = mono
             self._reconciler = asyncio.create_task(self._reconcile(), name="ghost-reconciler")
+        if self.on_beat is not None and (self._after_beat is None or self._after_beat.done()):
+            self._after_beat = asyncio.create_task(self._run_after_beat(self.on_beat), name="after-beat")
+
+    async def _run_after_beat(self, work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await work()
+        except STORE_DOWN as exc:
+            log.warning("after_beat_store_unavailable", error=repr(exc))
+        except Exception:
+            log.exception("after_beat_failed")
 
     # ---- dead nodes ----
     async def _reap(self, dead: list[str], stale_before: int) -> None:
