@@ -93,6 +93,7 @@ class Realtime:
         self.per_scope: dict[str, int] = {}  # sockets held per address scope
         self.deadlines: dict[str, asyncio.TimerHandle] = {}  # authentication deadlines
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.room_seen: dict[str, str] = {}  # sid -> the call it was last told of (resume.replay_after_gap)
         self.closed = False
         self.sweeper = Sweeper(deps, {
             "invite": invites.expire,
@@ -113,6 +114,9 @@ class Realtime:
             sio.manager.controls["sessions"] = self._sessions_revoked
             sio.manager.controls["card"] = lambda msg: deps.deck.forget(str(msg.get("user", "")))
             sio.manager.emit_hooks.append(deps.deck.on_emit)
+            sio.manager.watched = resume.CALL_STATE_EVENTS
+            sio.manager.delivery_hooks.append(self._delivered)
+            sio.manager.on_listener_back = self._listener_back
         sio.on("connect", self.on_connect)
         sio.on("disconnect", self.on_disconnect)
         sio.on("auth", self.on_auth)
@@ -124,6 +128,19 @@ class Realtime:
         self.forget_sessions(uid)
         local_sids = list(self.sio.manager.rooms.get("/", {}).get(emit.user_room(uid), {}))
         gate.invalidate(self.deps, local_sids, self.local, uid)
+
+    def _delivered(self, event: str, data: Any, sids: list[str]) -> None:
+        resume.note_delivery(self.room_seen, self.local, event, data, sids)
+
+    async def _listener_back(self) -> None:
+        """The cross-node listener was down: call-critical events other nodes sent meanwhile were lost
+        for this node's sockets. Each gets the current state of its call, once (issue 11 §7)."""
+        try:
+            await resume.replay_after_gap(self.deps, list(self.local.values()), self.room_seen)
+        except STORE_DOWN as exc:
+            log.warning("listener_gap_replay_failed", error=repr(exc))
+        except Exception:
+            log.exception("listener_gap_replay_failed")
 
     def _nodes_seen(self, me: str, alive: set[str]) -> None:
         if isinstance(self.sio.manager, NodeManager):
@@ -177,6 +194,7 @@ class Realtime:
     def _forget(self, sid: str) -> None:
         """Drop this node's per-socket bookkeeping (refused connect or disconnect)."""
         self.buckets.pop(sid, None)
+        self.room_seen.pop(sid, None)
         handle = self.deadlines.pop(sid, None)
         if handle is not None:
             handle.cancel()

@@ -77,6 +77,50 @@ async def renotify(deps: Deps, sid: str, invite_id: str) -> None:
                                                  "expiresAt": int(inv["window_end"])})
 
 
+# ---- after a gap in cross-node delivery (issue 11 §7) ----
+
+CALL_STATE_EVENTS = frozenset({"call:start", "call:resume", "session:finalized"})
+
+
+def note_delivery(room_seen: dict[str, str], local: dict[str, Sender], event: str, data: Any,
+                  sids: list[str]) -> None:
+    """Per socket of this node, the call it was last told of: call:start / call:resume name it,
+    session:finalized closes it."""
+    if event == "session:finalized":
+        for sid in sids:
+            room_seen.pop(sid, None)
+        return
+    room_id = data.get("roomId") if isinstance(data, dict) else None
+    if isinstance(room_id, str):
+        for sid in sids:
+            if sid in local:
+                room_seen[sid] = room_id
+
+
+async def replay_after_gap(deps: Deps, senders: list[Sender], room_seen: dict[str, str]) -> int:
+    """This node's listener was down, so events other nodes published meanwhile never reached its
+    sockets. Each socket gets the current state of its call instead, once: `call:resume` for a call it
+    was not told of (a lost call:start), `session:finalized` for the call it knew that ended meanwhile.
+    Returns the number of sockets that got something."""
+    replayed = 0
+    for sender in senders:
+        room_id = await state.user_room(deps.redis, sender.user_id) or ""
+        seen = room_seen.get(sender.sid, "")
+        if room_id and room_id != seen:
+            await resume_socket(deps, sender, presence.Arrival(False, False, room_id, None, None))
+            replayed += 1
+        elif seen and seen != room_id:
+            room = await state.get_room(deps.redis, seen)
+            if room.get("state") == "final":
+                await emit.to_sid(deps, sender.sid, "session:finalized",
+                                  {"sessionId": room.get("session"), "reason": room.get("reason") or "ended"})
+                replayed += 1
+            room_seen.pop(sender.sid, None)
+    if replayed:
+        log.warning("listener_gap_replayed", sockets=replayed)
+    return replayed
+
+
 # ---- Redis lost its data (issue 11 §1) ----
 
 CALLS_RESTORED = "calls:restored"  # set once live calls were restored into this Redis (gone with its data)
