@@ -189,6 +189,12 @@ async def expire(deps: Deps, invite_id: str) -> None:
         await announce_end(deps, ended)
 
 
+def caller_reason(outcome: str, caps: str) -> str | None:
+    """The call:declined reason the caller gets for an invite that ended this way (None: not told)."""
+    return {"decline": "user_declined", "timeout": "timeout", "expire": "timeout",
+            "callee_gone": "offline", "busy": _reason_for(caps, "busy")}.get(outcome)
+
+
 _ENDED_AS = {"decline": "declined", "timeout": "declined", "expire": "expired", "busy": "busy"}  # else cancelled
 
 
@@ -197,8 +203,7 @@ async def announce_end(deps: Deps, e: state.Ended) -> None:
     set the cooldown, so a Postgres failure defers the durable copy (a timer retries it) instead of
     leaving the outcome unannounced (issue 11 §4)."""
     await cooldowns.persist_or_defer(deps, e.caller, e.callee, e.cooldown_ms, e.outcome)
-    to_caller = {"decline": "user_declined", "timeout": "timeout", "expire": "timeout",
-                 "callee_gone": "offline", "busy": _reason_for(e.caller_caps, "busy")}.get(e.outcome)
+    to_caller = caller_reason(e.outcome, e.caller_caps)
     if to_caller:
         await _declined(deps, ("user", e.caller), e.invite_id, e.callee, to_caller)
     to_callee = {"rescind": {}, "caller_gone": {}, "expire": {"reason": "expired"},

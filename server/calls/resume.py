@@ -19,7 +19,7 @@ import asyncpg
 import structlog
 
 from server import emit
-from server.calls import rooms, state, store
+from server.calls import invites, rooms, state, store
 from server.calls.cooldowns import rebuild_if_lost
 from server.deps import Deps
 from server.events import Sender
@@ -79,33 +79,58 @@ async def renotify(deps: Deps, sid: str, invite_id: str) -> None:
 
 # ---- after a gap in cross-node delivery (issue 11 §7) ----
 
-CALL_STATE_EVENTS = frozenset({"call:start", "call:resume", "session:finalized"})
+CALL_STATE_EVENTS = frozenset({"call:start", "call:resume", "session:finalized", "call:invite-sent",
+                               "call:declined"})
 
 
 def note_delivery(room_seen: dict[str, str], local: dict[str, Sender], event: str, data: Any,
                   sids: list[str]) -> None:
-    """Per socket of this node, the call it was last told of: call:start / call:resume name it,
-    session:finalized closes it."""
-    if event == "session:finalized":
+    """Per socket of this node, what it was last told: the call (call:start / call:resume name it,
+    session:finalized closes it) and its pending outgoing invite ("invite:<id>", from call:invite-sent
+    until call:declined or call:start)."""
+    if event == "session:finalized" or event == "call:declined":
+        closes = "invite:" if event == "call:declined" else ""
         for sid in sids:
-            room_seen.pop(sid, None)
+            if room_seen.get(sid, "").startswith("invite:") == bool(closes):
+                room_seen.pop(sid, None)
         return
-    room_id = data.get("roomId") if isinstance(data, dict) else None
-    if isinstance(room_id, str):
-        for sid in sids:
-            if sid in local:
-                room_seen[sid] = room_id
+    if not isinstance(data, dict):
+        return
+    if event == "call:invite-sent":
+        ident = f"invite:{data.get('inviteId')}"
+    elif isinstance(data.get("roomId"), str):
+        ident = data["roomId"]
+    else:
+        return
+    for sid in sids:
+        if sid in local:
+            room_seen[sid] = ident
 
 
 async def replay_after_gap(deps: Deps, senders: list[Sender], room_seen: dict[str, str]) -> int:
     """This node's listener was down, so events other nodes published meanwhile never reached its
     sockets. Each socket gets the current state of its call instead, once: `call:resume` for a call it
-    was not told of (a lost call:start), `session:finalized` for the call it knew that ended meanwhile.
+    was not told of (a lost call:start), `session:finalized` for the call it knew that ended meanwhile,
+    `call:declined` for its outgoing invite that ended meanwhile (not by its own rescind).
     Returns the number of sockets that got something."""
     replayed = 0
     for sender in senders:
         room_id = await state.user_room(deps.redis, sender.user_id) or ""
         seen = room_seen.get(sender.sid, "")
+        if seen.startswith("invite:") and not room_id:
+            invite_id = seen.partition(":")[2]
+            ended = None if await deps.redis.exists(f"inv:{invite_id}") else await state.invite_end(deps.redis,
+                                                                                                   invite_id)
+            if ended is not None:  # it ended meanwhile (as a call it would have a room): say how
+                reason = invites.caller_reason(ended[0], ",".join(sorted(sender.caps)))
+                if reason:
+                    await emit.to_sid(deps, sender.sid, "call:declined",
+                                      {"inviteId": invite_id, "toUserId": ended[1], "reason": reason})
+                    replayed += 1
+                room_seen.pop(sender.sid, None)
+            continue
+        if seen.startswith("invite:"):
+            seen = ""
         if room_id and room_id != seen:
             await resume_socket(deps, sender, presence.Arrival(False, False, room_id, None, None))
             replayed += 1

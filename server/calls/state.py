@@ -4,7 +4,7 @@ Keys: inv:<id> (hash), u:<uid>:out / u:<uid>:in (the one pending outgoing / inco
 u:<uid>:room (the active room: "busy"), room:<id> (hash), room:<id>:joined (set of users who sent
 room:join), room:<id>:sdp:<to>:<offer|answer> and room:<id>:ice:<to> (signalling buffered for a
 participant who has not joined yet, §7 E4), room:<id>:chat (transcript), cd:<a>:<b> (pair cooldown,
-a < b), timers (zset "<kind>:<id>" -> due ms).
+a < b), invend:<id> (how an invite ended, 2 min: outcome|callee), timers (zset "<kind>:<id>" -> due ms).
 """
 
 from __future__ import annotations
@@ -86,6 +86,8 @@ _INVITE_END = Script(
     local ms = tonumber(cjson.decode(ARGV[6])[outcome] or 0)
     drop(id, from, to)
     cooldown(from, to, ms)
+    -- how it ended, for a caller whose call:declined was lost in a cross-node delivery gap
+    redis.call('SET', 'invend:' .. id, outcome .. '|' .. to, 'PX', 120000)
     return {'ok', outcome, from, to, ms, caps, id}
     """
 )
@@ -187,6 +189,15 @@ async def accept_invite(r: aioredis.Redis, invite_id: str, callee: str, room_id:
         return Accepted(res[0], *(res[1:3] if len(res) >= 3 else ()))
     _, caller, caps, agreed, deadline, others = res
     return Accepted("ok", caller, caps or "", int(agreed), int(deadline), tuple(json.loads(others) or ()))
+
+
+async def invite_end(r: aioredis.Redis, invite_id: str) -> tuple[str, str] | None:
+    """(outcome, callee) of an invite that ended in the last 2 minutes; None if it did not (or longer ago)."""
+    raw = await r.get(f"invend:{invite_id}")
+    if not raw:
+        return None
+    outcome, _, callee = str(raw).partition("|")
+    return outcome, callee
 
 
 async def get_invite(r: aioredis.Redis, invite_id: str) -> dict[str, str]:

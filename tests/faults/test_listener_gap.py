@@ -67,3 +67,28 @@ async def test_call_state_is_replayed_once_after_a_listener_gap(users, peers, n1
     await pb.wait("queue:update", where=lambda d: d["userId"] == a["userId"], since=mark)
     assert len(pa.all("call:resume")) == 1 and len(pa.all("session:finalized")) == 1
     assert pb.all("call:resume") == [] and len(pb.all("session:finalized")) == 1
+
+
+async def test_a_decline_lost_in_a_listener_gap_is_replayed_once(users, peers, n1, n2, rds):
+    a, b = await users.make(n1, "A"), await users.make(n2, "B")
+    pa, pb = await peers(n1, a, "A"), await peers(n2, b, "B")
+    await pb.emit("queue:join")
+    await pb.wait("queue:update", where=lambda d: d["userId"] == b["userId"])
+    await pa.emit("call:invite", {"toUserId": b["userId"], "requestedSeconds": 120})
+    sent = await pa.wait("call:invite-sent")
+    notify = await pb.wait("call:notify")
+
+    async with _listeners_down(rds):  # B declines; A's call:declined (published by n2) is lost for n1
+        await pb.emit("call:decline", {"inviteId": notify["inviteId"]})
+
+        async def ended() -> bool:
+            return not await rds.exists(f"inv:{notify['inviteId']}")
+        assert await eventually(ended, within=5)
+    declined = await pa.wait("call:declined", timeout=10)
+    assert declined["inviteId"] == sent["inviteId"] and declined["toUserId"] == b["userId"]
+    assert declined["reason"] in ("user_declined", "timeout")  # the test window (2 s) makes it a timeout (E2)
+
+    mark = pb.mark()  # sentinel: a cross-node broadcast after the gap (n1 -> n2) has arrived
+    await pa.emit("queue:join")
+    await pb.wait("queue:update", where=lambda d: d["userId"] == a["userId"], since=mark)
+    assert len(pa.all("call:declined")) == 1
