@@ -20,7 +20,7 @@ from engineio.async_drivers import aiohttp as eio_aiohttp
 from server import emit
 from server.accounts.sessions import Principal, authenticate_hash, hash_token
 from server.calls import cooldowns, departures, invites, resume, rooms
-from server.calls import events as _call_events  # noqa: F401  (registers handlers)
+from server.calls import events as _call_events  # (also registers the handlers)
 from server.deps import Deps
 from server.errors import ApiError
 from server.events import EVENTS, EventSpec, Sender, obj
@@ -340,52 +340,75 @@ class Realtime:
 
     # ---- every client event ----
     def _wrap(self, spec: EventSpec) -> Any:
+        name = spec.name
+        counted = {o: metrics.SOCKET_EVENTS.labels(name, o)  # label lookups once, not per event
+                   for o in ("ok", "error", "refused", "rate_limited", "invalid")}
+        # Signalling relays (ICE trickle: many per second per call) bind no log context up front: only
+        # a line they actually write gets it (issue 10, hot path). Other events bind it for every line
+        # their handler writes.
+        lazy_context = name in RELAY_EVENTS
+        fast_check = _call_events.FAST_CHECKS.get(name)  # relays: a plain check, jsonschema only on doubt
+        recheck_s = self.deps.settings.session_recheck_seconds
+
         async def handler(sid: str, data: Any = None) -> None:
             deps = self.deps
             sender = self.local.get(sid)
             if sender is None:
-                metrics.SOCKET_EVENTS.labels(spec.name, "refused").inc()
-                msg = "Please wait for authentication to complete" if spec.name == "call:invite" \
+                counted["refused"].inc()
+                msg = "Please wait for authentication to complete" if name == "call:invite" \
                     else "Not authenticated"
                 return await emit.call_error(deps, sid, "NOT_AUTHENTICATED", msg)
             if not self._take(sid):
-                return metrics.SOCKET_EVENTS.labels(spec.name, "rate_limited").inc()
-            if not await self._session_ok(sender):
-                return metrics.SOCKET_EVENTS.labels(spec.name, "refused").inc()
+                return counted["rate_limited"].inc()
+            # The session check, inline while the socket's session is fresh (the common case).
+            if (time.time() >= sender.expires_at or time.monotonic() - sender.checked_at >= recheck_s) \
+                    and not await self._session_ok(sender):
+                return counted["refused"].inc()
             try:
                 size = len(json.dumps(data)) if data is not None else 0
             except (TypeError, ValueError):
                 size = spec.max_bytes + 1
             if size > spec.max_bytes:
-                metrics.SOCKET_EVENTS.labels(spec.name, "invalid").inc()
-                return await emit.call_error(deps, sid, "PAYLOAD_TOO_LARGE", f"{spec.name} payload too large")
+                counted["invalid"].inc()
+                return await emit.call_error(deps, sid, "PAYLOAD_TOO_LARGE", f"{name} payload too large")
             try:
-                validate(data if data is not None else {}, spec.schema)
+                if fast_check is None or not fast_check(data):
+                    validate(data if data is not None else {}, spec.schema)
             except ApiError as exc:
-                metrics.SOCKET_EVENTS.labels(spec.name, "invalid").inc()
-                return await emit.call_error(deps, sid, "INVALID_PAYLOAD", f"{spec.name}: {exc.message}")
-            outcome = "error"
+                counted["invalid"].inc()
+                return await emit.call_error(deps, sid, "INVALID_PAYLOAD", f"{name}: {exc.message}")
             payload = data if isinstance(data, dict) else {}
-            room_id = payload.get("roomId")
-            # Every line logged while handling the event names the socket, the user, the event and
-            # the call room it is about (JSON logs in production; merged by logs.configure_logging).
-            context = {"sid": sid, "user_id": sender.user_id, "event_name": spec.name,
-                       **({"room_id": room_id} if isinstance(room_id, str) else {})}
-            with structlog.contextvars.bound_contextvars(**context):
+            if lazy_context:
                 try:
                     await spec.handler(deps, sender, payload)
-                    outcome = "ok"
-                except STORE_DOWN as exc:
-                    log.warning("event_store_unavailable", error=repr(exc))
-                    await emit.call_error(deps, sid, "UNAVAILABLE", "Service temporarily unavailable, try again")
-                except Exception:
-                    log.exception("event_failed")
-                    await emit.call_error(deps, sid, "INTERNAL", "Something went wrong")
-                finally:
-                    metrics.SOCKET_EVENTS.labels(spec.name, outcome).inc()
+                except Exception as exc:
+                    with structlog.contextvars.bound_contextvars(**_context(sid, sender, name, payload)):
+                        await self._failed(sid, exc, counted)
+                    return None
+                counted["ok"].inc()
+                return None
+            # Every line logged while handling the event names the socket, the user, the event and
+            # the call room it is about (JSON logs in production; merged by logs.configure_logging).
+            with structlog.contextvars.bound_contextvars(**_context(sid, sender, name, payload)):
+                try:
+                    await spec.handler(deps, sender, payload)
+                except Exception as exc:
+                    await self._failed(sid, exc, counted)
+                    return None
+                counted["ok"].inc()
             return None
 
         return handler
+
+    async def _failed(self, sid: str, exc: Exception, counted: dict[str, Any]) -> None:
+        """An event handler raised (inside the event's log context): log, tell the socket, count."""
+        counted["error"].inc()
+        if isinstance(exc, STORE_DOWN):
+            log.warning("event_store_unavailable", error=repr(exc))
+            await emit.call_error(self.deps, sid, "UNAVAILABLE", "Service temporarily unavailable, try again")
+        else:
+            log.error("event_failed", exc_info=exc)
+            await emit.call_error(self.deps, sid, "INTERNAL", "Something went wrong")
 
     async def _session_ok(self, sender: Sender) -> bool:
         """A socket speaks for its session only while the session lives (issue 12 §7): past its
@@ -441,6 +464,15 @@ class Realtime:
         for sid in list(self.buckets):
             with contextlib.suppress(Exception):
                 await self.sio.disconnect(sid, ignore_queue=True)
+
+
+RELAY_EVENTS = frozenset({"rtc:ice", "rtc:offer", "rtc:answer"})
+
+
+def _context(sid: str, sender: Sender, name: str, payload: dict[str, Any]) -> dict[str, Any]:
+    room_id = payload.get("roomId")
+    return {"sid": sid, "user_id": sender.user_id, "event_name": name,
+            **({"room_id": room_id} if isinstance(room_id, str) else {})}
 
 
 def _caps(auth: Any) -> frozenset[str]:
