@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -41,6 +41,7 @@ _CTL_MARK = f'"{CTL}"'.encode()
 
 ControlHandler = Callable[[dict[str, Any]], Awaitable[None] | None]
 EmitHook = Callable[[str, Any], None]
+DeliveryHook = Callable[[str, Any, list[str]], None]
 
 
 class Stats:
@@ -79,6 +80,14 @@ class NodeManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         self._other_seen = time.monotonic()
         self.controls: dict[str, ControlHandler] = {}
         self.emit_hooks: list[EmitHook] = []
+        # Call-critical events delivered to this node's sockets (event, data, sids), for the replay
+        # after a listener gap (realtime.py); only events named in `watched`, so relays cost nothing.
+        self.watched: frozenset[str] = frozenset()
+        self.delivery_hooks: list[DeliveryHook] = []
+        # Called (in a task) when the listener is subscribed again after it was down: whatever other
+        # nodes published meanwhile was lost for this node's sockets.
+        self.on_listener_back: Callable[[], Coroutine[Any, Any, None]] | None = None
+        self._replays: set[asyncio.Task[None]] = set()
         self._outbox: asyncio.Queue[dict[str, Any]] | None = None
         self._publisher: asyncio.Task[None] | None = None
         # One connection for publishing: batches are pipelined, so one is enough and nothing churns.
@@ -130,9 +139,12 @@ class NodeManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         args = list(data) if isinstance(data, tuple) else ([] if data is None else [data])
         skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
         eio_pkts: list[Any] | None = None
+        reached: list[str] | None = [] if event in self.watched else None
         for sid, eio_sid in self.get_participants(namespace, room):
             if sid in skip:
                 continue
+            if reached is not None:
+                reached.append(sid)
             if eio_pkts is None:  # encoded once, only if someone here receives it
                 encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args]).encode()
                 eio_pkts = [eio_packet.Packet(eio_packet.MESSAGE, p)
@@ -141,6 +153,9 @@ class NodeManager(socketio.AsyncRedisManager):  # type: ignore[misc]
                 with contextlib.suppress(Exception):  # a socket closing meanwhile
                     await self.server._send_eio_packet(eio_sid, p)
             self.stats.delivered_local += 1
+        if reached:
+            for dhook in self.delivery_hooks:
+                dhook(event, data, reached)
 
     async def _handle_emit(self, message: dict[str, Any]) -> None:
         # A remote node's emit: deliver to our sockets (the library decodes the payload shape).
@@ -198,6 +213,7 @@ class NodeManager(socketio.AsyncRedisManager):  # type: ignore[misc]
     async def _redis_listen_with_retries(self) -> Any:
         backoff = 0.1
         subscribed = False
+        lost = False
         while True:
             try:
                 if not subscribed:
@@ -206,6 +222,12 @@ class NodeManager(socketio.AsyncRedisManager):  # type: ignore[misc]
                     subscribed = True
                     self.stats.listener_up = True
                     backoff = 0.1
+                    if lost and self.on_listener_back is not None:
+                        log.warning("sio_listener_back")
+                        task = asyncio.create_task(self.on_listener_back(), name="listener-gap-replay")
+                        self._replays.add(task)
+                        task.add_done_callback(self._replays.discard)
+                    lost = False
                 async for message in self.pubsub.listen():
                     yield message
             except asyncio.CancelledError:
@@ -213,6 +235,7 @@ class NodeManager(socketio.AsyncRedisManager):  # type: ignore[misc]
             except Exception as exc:
                 self.stats.listener_up = False
                 self.stats.listener_errors += 1
+                lost = True
                 log.warning("sio_listener_retry", error=str(exc), retry_in_s=backoff)
                 subscribed = False
                 with contextlib.suppress(Exception):

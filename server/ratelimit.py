@@ -177,3 +177,30 @@ async def give_back(redis: aioredis.Redis, key: str) -> None:
 
 
 _GIVE_BACK = Script("if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end return 1")
+
+
+# ---- per-socket token bucket (in process: a socket lives on one node) ----
+
+class TokenBucket:
+    """Events of one socket: `rate` per second, bursts up to `burst`. take() answers "ok" (spend one),
+    "drop" (over the limit), or "warn" (over the limit, and the first refusal this second: tell the
+    client once, not per dropped event)."""
+
+    __slots__ = ("last", "tokens", "warned")
+
+    def __init__(self, burst: int) -> None:
+        self.tokens = float(burst)
+        self.last = time.monotonic()
+        self.warned = 0.0
+
+    def take(self, rate: float, burst: int) -> str:
+        now = time.monotonic()
+        self.tokens = min(float(burst), self.tokens + (now - self.last) * rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return "ok"
+        if now - self.warned >= 1:
+            self.warned = now
+            return "warn"
+        return "drop"

@@ -1,5 +1,7 @@
-"""Socket.IO server: handshake authentication, the `auth` event, (re)binding sockets to users with
-resume (§7 E3), and the wrapper every client event goes through (auth, rate, size, schema)."""
+"""Socket.IO server: handshake authentication, the `auth` event, binding sockets to users, and the
+wrapper every client event goes through (auth, rate, size, schema) before the domains' handlers.
+Resume lives in calls/resume.py, presence registration and the heartbeat in presence/registry.py,
+the per-socket token bucket in ratelimit.py."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import json
 import time
 from typing import Any
 
-import asyncpg
 import socketio
 import structlog
 from aiohttp import web
@@ -18,9 +19,8 @@ from engineio.async_drivers import aiohttp as eio_aiohttp
 
 from server import emit
 from server.accounts.sessions import Principal, authenticate_hash, hash_token
-from server.calls import cooldowns, departures, invites, resume, rooms, state
-from server.calls import events as _call_events  # noqa: F401  (registers handlers)
-from server.calls.cooldowns import rebuild_if_lost
+from server.calls import cooldowns, departures, invites, resume, rooms
+from server.calls import events as _call_events  # (also registers the handlers)
 from server.deps import Deps
 from server.errors import ApiError
 from server.events import EVENTS, EventSpec, Sender, obj
@@ -29,8 +29,9 @@ from server.httpio import client_ip, ip_scope, validate
 from server.ops import metrics
 from server.presence import events as _presence_events  # noqa: F401  (registers handlers)
 from server.presence import gate
-from server.presence import state as presence
 from server.presence.deck import Deck
+from server.presence.registry import Registry
+from server.ratelimit import TokenBucket
 from server.referrals import notifications as referral_notifications
 from server.settings import Settings
 from server.timers import STORE_DOWN, Sweeper, now_ms
@@ -81,26 +82,18 @@ def attach(app: web.Application, settings: Settings) -> socketio.AsyncServer:
 _SESSION_CACHE_MAX = 50_000  # entries; a full cache is dropped whole (it is only a cache)
 
 
-class _Bucket:
-    __slots__ = ("last", "tokens", "warned")
-
-    def __init__(self, burst: int) -> None:
-        self.tokens = float(burst)
-        self.last = time.monotonic()
-        self.warned = 0.0
-
-
 class Realtime:
     def __init__(self, deps: Deps, sio: socketio.AsyncServer) -> None:
         self.deps = deps
         self.sio = sio
         self.local: dict[str, Sender] = {}  # authenticated sockets on this node
-        self.buckets: dict[str, _Bucket] = {}  # every socket of this node, authenticated or not
+        self.buckets: dict[str, TokenBucket] = {}  # every socket of this node, authenticated or not
         self.sessions: dict[bytes, tuple[float, Principal]] = {}  # token hash -> (read at, session)
         self.scope_of: dict[str, str] = {}  # sid -> its client address scope (httpio.ip_scope)
         self.per_scope: dict[str, int] = {}  # sockets held per address scope
         self.deadlines: dict[str, asyncio.TimerHandle] = {}  # authentication deadlines
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.room_seen: dict[str, str] = {}  # sid -> the call it was last told of (resume.replay_after_gap)
         self.closed = False
         self.sweeper = Sweeper(deps, {
             "invite": invites.expire,
@@ -108,13 +101,22 @@ class Realtime:
             "grace": departures.on_grace,
             "persist": rooms.on_persist,
             "cooldown": cooldowns.on_timer,
-        }, on_dead_sid=lambda d, sid: departures.socket_gone(d, sid, explicit=False),
-            on_registry_lost=self.reregister, on_nodes=self._nodes_seen, on_reconcile=self.reconcile)
+        })
+        self.registry = Registry(
+            deps, sio, self.local,
+            on_dead_sid=lambda d, sid: departures.socket_gone(d, sid, explicit=False),
+            before_reregister=lambda: resume.recover_after_loss(deps, lost=True),
+            on_beat=lambda: resume.recover_after_loss(deps),
+            on_returned=lambda uid, room: resume.partner_reconnected(deps, uid, room),
+            on_nodes=self._nodes_seen, on_reconcile=self._cut_expired)
         if isinstance(sio.manager, NodeManager):
             sio.manager.controls["access"] = self._access_changed
             sio.manager.controls["sessions"] = self._sessions_revoked
             sio.manager.controls["card"] = lambda msg: deps.deck.forget(str(msg.get("user", "")))
             sio.manager.emit_hooks.append(deps.deck.on_emit)
+            sio.manager.watched = resume.CALL_STATE_EVENTS
+            sio.manager.delivery_hooks.append(self._delivered)
+            sio.manager.on_listener_back = self._listener_back
         sio.on("connect", self.on_connect)
         sio.on("disconnect", self.on_disconnect)
         sio.on("auth", self.on_auth)
@@ -126,6 +128,19 @@ class Realtime:
         self.forget_sessions(uid)
         local_sids = list(self.sio.manager.rooms.get("/", {}).get(emit.user_room(uid), {}))
         gate.invalidate(self.deps, local_sids, self.local, uid)
+
+    def _delivered(self, event: str, data: Any, sids: list[str]) -> None:
+        resume.note_delivery(self.room_seen, self.local, event, data, sids)
+
+    async def _listener_back(self) -> None:
+        """The cross-node listener was down: call-critical events other nodes sent meanwhile were lost
+        for this node's sockets. Each gets the current state of its call, once (issue 11 §7)."""
+        try:
+            await resume.replay_after_gap(self.deps, list(self.local.values()), self.room_seen)
+        except STORE_DOWN as exc:
+            log.warning("listener_gap_replay_failed", error=repr(exc))
+        except Exception:
+            log.exception("listener_gap_replay_failed")
 
     def _nodes_seen(self, me: str, alive: set[str]) -> None:
         if isinstance(self.sio.manager, NodeManager):
@@ -147,7 +162,7 @@ class Realtime:
             metrics.SOCKET_CONNECTS.labels("refused").inc()
             raise socketio.exceptions.ConnectionRefusedError("Too many connections from your network")
         admitted = False
-        self.buckets[sid] = _Bucket(s.socket_event_burst)
+        self.buckets[sid] = TokenBucket(s.socket_event_burst)
         self.scope_of[sid] = scope
         self.per_scope[scope] = self.per_scope.get(scope, 0) + 1
         try:
@@ -179,6 +194,7 @@ class Realtime:
     def _forget(self, sid: str) -> None:
         """Drop this node's per-socket bookkeeping (refused connect or disconnect)."""
         self.buckets.pop(sid, None)
+        self.room_seen.pop(sid, None)
         handle = self.deadlines.pop(sid, None)
         if handle is not None:
             handle.cancel()
@@ -286,7 +302,7 @@ class Realtime:
         await self.sio.enter_room(sid, emit.user_room(uid))
         sender.bound_ms = now_ms()  # from here on, every emit to the user reaches this socket
         await self.sio.enter_room(sid, emit.session_room(sess))
-        arrival = await presence.add_socket(self.deps.redis, uid, sid, self.deps.settings.node_id, sess)
+        arrival = await self.registry.register(sender)
         if self.local.get(sid) is not sender or not self.sio.manager.is_connected(sid, "/"):
             # The socket went away while we were binding it (or while `auth` waited on Postgres, before
             # it was ours to unbind): its disconnect found nothing to remove.
@@ -298,33 +314,7 @@ class Realtime:
         await referral_notifications.deliver_unread(self.deps, sid, uid)  # once per connection (D26)
         if arrival.first_socket:
             await emit.to_queue(self.deps, "presence:update", {"userId": uid, "online": True, "available": False})
-        await self._resume(sender, arrival)
-
-    async def _resume(self, sender: Sender, arrival: presence.Arrival) -> None:
-        """E3: put a (re)connected socket back into its call and replay what it missed."""
-        deps, sid, uid = self.deps, sender.sid, sender.user_id
-        if arrival.room_id:
-            room = await state.get_room(deps.redis, arrival.room_id)
-            if room.get("state") == "active":
-                partner = room["b"] if room["a"] == uid else room["a"]
-                await self.sio.enter_room(sid, emit.member_room(arrival.room_id, uid))
-                peer = await _card(deps, partner)
-                await emit.to_sid(deps, sid, "call:resume", {
-                    "roomId": arrival.room_id, "peerUser": peer, "isInitiator": room["a"] == uid,
-                    "agreedSeconds": int(room["agreed"]), "endsAt": int(room["deadline"]), "serverNow": now_ms()})
-                if arrival.was_away:
-                    await self._partner_reconnected(uid, arrival.room_id)
-        if arrival.finalized:
-            session_id, _, _room = arrival.finalized.partition("|")
-            await emit.to_sid(deps, sid, "session:finalized", {"sessionId": session_id})
-        if arrival.incoming_invite:
-            await _renotify(deps, sid, arrival.incoming_invite)
-
-    async def _partner_reconnected(self, user_id: str, room_id: str) -> None:
-        room = await state.get_room(self.deps.redis, room_id)
-        if room.get("state") == "active":
-            partner = room["b"] if room["a"] == user_id else room["a"]
-            await emit.to_member(self.deps, room_id, partner, "room:partner-reconnected", {"userId": user_id})
+        await resume.resume_socket(self.deps, sender, arrival)
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         self._forget(sid)
@@ -341,105 +331,84 @@ class Realtime:
         except Exception:
             log.exception("disconnect_cleanup_failed", sid=sid)
 
-    async def reconcile(self) -> None:
-        """Periodic: a socket whose session expired is cut (issue 12 §7). A sid registered in Redis for
-        this node that this node does not hold is a ghost (a cleanup that failed halfway, a Redis error
-        after the local pop): take it out, so its user goes offline within one period (issue 11 §3)."""
-        now = time.time()  # idle sockets whose session expired are cut here, not only on their next event
+    async def _cut_expired(self) -> None:
+        """Periodic (the registry's reconcile period): a socket whose session expired is cut even when
+        idle, not only on its next event (issue 12 §7)."""
+        now = time.time()
         for sender in [x for x in self.local.values() if x.expires_at <= now]:
             await self._session_ok(sender)
-        registered = await presence.node_sids(self.deps.redis, self.deps.settings.node_id)
-        ghosts = [sid for sid in registered if sid not in self.local and not self.sio.manager.is_connected(sid, "/")]
-        for sid in ghosts:
-            try:
-                await departures.socket_gone(self.deps, sid, explicit=False)
-            except Exception:
-                log.exception("ghost_cleanup_failed", sid=sid)
-        if ghosts:
-            log.warning("ghosts_removed", sockets=len(ghosts))
-
-    async def reregister(self) -> None:
-        """Redis has no record of this node (start-up, or Redis lost its data): put this node's
-        live sockets back into presence and reload durable cooldowns (first: whoever sees these users
-        online again must also see their cooldowns). A slow or failed load does not hold the heartbeat
-        up: it is retried on the next beat (its marker is only set once loaded)."""
-        try:
-            await asyncio.wait_for(rebuild_if_lost(self.deps), 2)
-        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-            log.warning("cooldowns_rebuild_deferred", error=repr(exc))
-        try:  # calls Redis lost come back from their durable record (idempotent across nodes)
-            await asyncio.wait_for(resume.restore_calls(self.deps), 5)
-        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-            log.error("calls_restore_failed", error=repr(exc))
-        readded = []
-        for sender in list(self.local.values()):
-            if sender.sid in self.local:
-                arrival = await presence.add_socket(self.deps.redis, sender.user_id, sender.sid,
-                                                    self.deps.settings.node_id, sender.session_id)
-                readded.append(sender.sid)
-                if arrival.was_away and arrival.room_id:
-                    # This node was frozen long enough to be reaped (SIGSTOP, a long pause): the partner
-                    # was told we were gone; the call goes on (issue 11 §6).
-                    await self._partner_reconnected(sender.user_id, arrival.room_id)
-        # Users whose sockets are in the queue room were in the deck: put them back (not if in a call).
-        queued = self.sio.manager.rooms.get("/", {}).get(emit.QUEUE, {})
-        for uid in {self.local[sid].user_id for sid in readded if sid in queued and sid in self.local}:
-            await presence.join_queue(self.deps.redis, uid)
-        # A socket that disconnected while we re-added it was removed before our add: undo it.
-        for sid in readded:
-            if sid not in self.local:
-                await presence.remove_socket(self.deps.redis, sid, explicit=True, grace_due_ms=0)
-        if readded:
-            log.warning("presence_rebuilt", sockets=len(readded))
 
     # ---- every client event ----
     def _wrap(self, spec: EventSpec) -> Any:
+        name = spec.name
+        counted = {o: metrics.SOCKET_EVENTS.labels(name, o)  # label lookups once, not per event
+                   for o in ("ok", "error", "refused", "rate_limited", "invalid")}
+        # Signalling relays (ICE trickle: many per second per call) bind no log context up front: only
+        # a line they actually write gets it (issue 10, hot path). Other events bind it for every line
+        # their handler writes.
+        lazy_context = name in RELAY_EVENTS
+        fast_check = _call_events.FAST_CHECKS.get(name)  # relays: a plain check, jsonschema only on doubt
+        recheck_s = self.deps.settings.session_recheck_seconds
+
         async def handler(sid: str, data: Any = None) -> None:
             deps = self.deps
             sender = self.local.get(sid)
             if sender is None:
-                metrics.SOCKET_EVENTS.labels(spec.name, "refused").inc()
-                msg = "Please wait for authentication to complete" if spec.name == "call:invite" \
+                counted["refused"].inc()
+                msg = "Please wait for authentication to complete" if name == "call:invite" \
                     else "Not authenticated"
                 return await emit.call_error(deps, sid, "NOT_AUTHENTICATED", msg)
             if not self._take(sid):
-                return metrics.SOCKET_EVENTS.labels(spec.name, "rate_limited").inc()
-            if not await self._session_ok(sender):
-                return metrics.SOCKET_EVENTS.labels(spec.name, "refused").inc()
+                return counted["rate_limited"].inc()
+            # The session check, inline while the socket's session is fresh (the common case).
+            if (time.time() >= sender.expires_at or time.monotonic() - sender.checked_at >= recheck_s) \
+                    and not await self._session_ok(sender):
+                return counted["refused"].inc()
             try:
                 size = len(json.dumps(data)) if data is not None else 0
             except (TypeError, ValueError):
                 size = spec.max_bytes + 1
             if size > spec.max_bytes:
-                metrics.SOCKET_EVENTS.labels(spec.name, "invalid").inc()
-                return await emit.call_error(deps, sid, "PAYLOAD_TOO_LARGE", f"{spec.name} payload too large")
+                counted["invalid"].inc()
+                return await emit.call_error(deps, sid, "PAYLOAD_TOO_LARGE", f"{name} payload too large")
             try:
-                validate(data if data is not None else {}, spec.schema)
+                if fast_check is None or not fast_check(data):
+                    validate(data if data is not None else {}, spec.schema)
             except ApiError as exc:
-                metrics.SOCKET_EVENTS.labels(spec.name, "invalid").inc()
-                return await emit.call_error(deps, sid, "INVALID_PAYLOAD", f"{spec.name}: {exc.message}")
-            outcome = "error"
+                counted["invalid"].inc()
+                return await emit.call_error(deps, sid, "INVALID_PAYLOAD", f"{name}: {exc.message}")
             payload = data if isinstance(data, dict) else {}
-            room_id = payload.get("roomId")
-            # Every line logged while handling the event names the socket, the user, the event and
-            # the call room it is about (JSON logs in production; merged by logs.configure_logging).
-            context = {"sid": sid, "user_id": sender.user_id, "event_name": spec.name,
-                       **({"room_id": room_id} if isinstance(room_id, str) else {})}
-            with structlog.contextvars.bound_contextvars(**context):
+            if lazy_context:
                 try:
                     await spec.handler(deps, sender, payload)
-                    outcome = "ok"
-                except STORE_DOWN as exc:
-                    log.warning("event_store_unavailable", error=repr(exc))
-                    await emit.call_error(deps, sid, "UNAVAILABLE", "Service temporarily unavailable, try again")
-                except Exception:
-                    log.exception("event_failed")
-                    await emit.call_error(deps, sid, "INTERNAL", "Something went wrong")
-                finally:
-                    metrics.SOCKET_EVENTS.labels(spec.name, outcome).inc()
+                except Exception as exc:
+                    with structlog.contextvars.bound_contextvars(**_context(sid, sender, name, payload)):
+                        await self._failed(sid, exc, counted)
+                    return None
+                counted["ok"].inc()
+                return None
+            # Every line logged while handling the event names the socket, the user, the event and
+            # the call room it is about (JSON logs in production; merged by logs.configure_logging).
+            with structlog.contextvars.bound_contextvars(**_context(sid, sender, name, payload)):
+                try:
+                    await spec.handler(deps, sender, payload)
+                except Exception as exc:
+                    await self._failed(sid, exc, counted)
+                    return None
+                counted["ok"].inc()
             return None
 
         return handler
+
+    async def _failed(self, sid: str, exc: Exception, counted: dict[str, Any]) -> None:
+        """An event handler raised (inside the event's log context): log, tell the socket, count."""
+        counted["error"].inc()
+        if isinstance(exc, STORE_DOWN):
+            log.warning("event_store_unavailable", error=repr(exc))
+            await emit.call_error(self.deps, sid, "UNAVAILABLE", "Service temporarily unavailable, try again")
+        else:
+            log.error("event_failed", exc_info=exc)
+            await emit.call_error(self.deps, sid, "INTERNAL", "Something went wrong")
 
     async def _session_ok(self, sender: Sender) -> bool:
         """A socket speaks for its session only while the session lives (issue 12 §7): past its
@@ -477,22 +446,17 @@ class Realtime:
         b = self.buckets.get(sid)
         if b is None:
             return False
-        now = time.monotonic()
-        b.tokens = min(float(s.socket_event_burst), b.tokens + (now - b.last) * s.socket_events_per_second)
-        b.last = now
-        if b.tokens >= 1:
-            b.tokens -= 1
-            return True
-        if now - b.warned >= 1:
-            b.warned = now
+        verdict = b.take(s.socket_events_per_second, s.socket_event_burst)
+        if verdict == "warn":
             self._spawn(emit.call_error(self.deps, sid, "RATE_LIMITED", "Too many events, slow down"))
-        return False
+        return verdict == "ok"
 
     async def shutdown(self) -> None:
         if self.closed:
             return
         self.closed = True
         await self.sweeper.stop()
+        await self.registry.stop()
         # Our sockets vanish with the process: apply the grace rules (clients may reconnect to
         # another node in time), then close them so the web server is not kept waiting.
         for sid in list(self.local):
@@ -502,29 +466,20 @@ class Realtime:
                 await self.sio.disconnect(sid, ignore_queue=True)
 
 
+RELAY_EVENTS = frozenset({"rtc:ice", "rtc:offer", "rtc:answer"})
+
+
+def _context(sid: str, sender: Sender, name: str, payload: dict[str, Any]) -> dict[str, Any]:
+    room_id = payload.get("roomId")
+    return {"sid": sid, "user_id": sender.user_id, "event_name": name,
+            **({"room_id": room_id} if isinstance(room_id, str) else {})}
+
+
 def _caps(auth: Any) -> frozenset[str]:
     raw = auth.get("capabilities") if isinstance(auth, dict) else None
     if not isinstance(raw, list):
         return frozenset()
     return frozenset(c for c in raw if isinstance(c, str) and c in KNOWN_CAPS)
-
-
-async def _card(deps: Deps, user_id: str) -> dict[str, Any]:
-    c = (await deps.deck.cards_of(deps, [user_id])).get(user_id)
-    return c.public if c is not None else {"userId": user_id, "name": ""}
-
-
-async def _renotify(deps: Deps, sid: str, invite_id: str) -> None:
-    """E3(d): a callee who reconnects sees the pending invite again if more than 5 s are left."""
-    inv = await state.get_invite(deps.redis, invite_id)
-    if not inv:
-        return
-    left = int(inv["window_end"]) - now_ms()
-    if left <= 5000:
-        return
-    await emit.to_sid(deps, sid, "call:notify", {"inviteId": invite_id, "fromUser": await _card(deps, inv["from"]),
-                                                 "requestedSeconds": int(inv["s1"]), "ttlMs": left,
-                                                 "expiresAt": int(inv["window_end"])})
 
 
 async def start(app: web.Application, deps: Deps) -> None:
@@ -541,7 +496,8 @@ async def start(app: web.Application, deps: Deps) -> None:
             sio.manager.initialize()
         with contextlib.suppress(Exception):  # the others start publishing to us at once
             await sio.manager.publish_control("hello", host=sio.manager.host_id)
-    rt.sweeper.start()  # its first heartbeat finds this node new and loads cooldowns (reregister)
+    rt.sweeper.start()
+    rt.registry.start()  # its first heartbeat finds this node new and loads cooldowns (reregister)
 
 
 async def close_sockets(app: web.Application) -> None:

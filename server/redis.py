@@ -11,6 +11,9 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 from server.ops.metrics import REDIS_LATENCY
@@ -34,10 +37,16 @@ class InstrumentedRedis(aioredis.Redis):
 def create_redis(url: str, timeout_s: float | None = None, max_connections: int = 64) -> aioredis.Redis:
     """A deliberately sized pool that makes a burst wait for a free connection (up to timeout_s) instead
     of failing with MaxConnectionsError; timeout_s also bounds connecting and every command, so a
-    stalled Redis fails a call instead of hanging it."""
+    stalled Redis fails a call instead of hanging it.
+
+    A command that finds its pooled connection closed is retried once on a fresh connection: after a
+    Redis restart every connection in the pool is dead, and without this each one failed the first
+    command it carried (a call:end answered UNAVAILABLE seconds after Redis was back). Only connection
+    errors are retried, never timeouts (that would double the bound)."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=timeout_s or 20, decode_responses=True,
-        health_check_interval=30, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        health_check_interval=30, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
     return InstrumentedRedis.from_pool(pool)
 
 

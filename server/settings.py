@@ -106,6 +106,7 @@ class Settings:
     # Realtime core, faults (issue 11)
     store_timeout_seconds: float = 10.0  # every Postgres statement and Redis command (0 = none)
     reconcile_seconds: float = 30.0  # how often a node drops sids registered for it that it does not hold
+    room_keep_seconds: float = 600.0  # a finalised room's Redis record, once its history is written (replays)
 
     # Referrals and the account lifecycle (issue 13; README "Introductions", "Account lifecycle")
     referral_code_ttl_days: int = 30  # a code lives this long after it was last generated

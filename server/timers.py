@@ -20,7 +20,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server.deps import Deps
 from server.ops import metrics
-from server.presence import state as presence
 from server.redis import Script
 
 log = structlog.get_logger(__name__)
@@ -29,6 +28,7 @@ log = structlog.get_logger(__name__)
 STORE_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError, asyncpg.PostgresConnectionError,
               asyncpg.InterfaceError)
 LEASE_MS = 30_000
+RETRY_MS = 2_000  # a handler that failed because a store is down runs again this soon (not after the lease)
 BATCH = 50
 
 _CLAIM = Script(
@@ -49,6 +49,15 @@ _DONE = Script(
     """
 )
 
+# Re-arms a claimed timer sooner, only if nobody re-armed it since it was claimed.
+_RETRY = Script(
+    """
+    local score = redis.call('ZSCORE', 'timers', ARGV[1])
+    if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+    return redis.call('ZADD', 'timers', 'XX', ARGV[3], ARGV[1])
+    """
+)
+
 Handler = Callable[[Deps, str], Awaitable[None]]
 
 
@@ -65,40 +74,25 @@ async def cancel(deps: Deps, kind: str, ident: str) -> None:
 
 
 class Sweeper:
-    def __init__(self, deps: Deps, handlers: dict[str, Handler],
-                 on_dead_sid: Callable[[Deps, str], Awaitable[None]],
-                 on_registry_lost: Callable[[], Awaitable[None]],
-                 on_nodes: Callable[[str, set[str]], None] = lambda _me, _alive: None,
-                 on_reconcile: Callable[[], Awaitable[None]] | None = None) -> None:
+    """The timer loop: claims due timers in batches and runs their handlers (the node heartbeat,
+    reaping and reconciliation live in presence/registry.py)."""
+
+    def __init__(self, deps: Deps, handlers: dict[str, Handler]) -> None:
         self.deps = deps
         self.handlers = handlers
-        self.on_dead_sid = on_dead_sid
-        self.on_registry_lost = on_registry_lost
-        self.on_nodes = on_nodes
-        self.on_reconcile = on_reconcile
-        self._reconciled = time.monotonic()
-        self._reconciler: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._beat_task: asyncio.Task[None] | None = None
-        self._reaper: asyncio.Task[None] | None = None
-        self._last_beat = 0.0
         self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="timer-sweeper")
-        # The heartbeat has its own task: slow timer work (a persist waiting on Postgres, a large reap)
-        # must never make the other nodes declare this live node dead (issue 11 §2).
-        self._beat_task = asyncio.create_task(self._beat_loop(), name="node-heartbeat")
 
     async def stop(self) -> None:
         # A flag as well as cancel(): a cancellation swallowed inside a client library must not
         # keep the loop (and the shutdown waiting on it) alive.
         self._stopping = True
-        tasks = [t for t in (self._task, self._beat_task, self._reaper, self._reconciler) if t is not None]
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=2)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task], timeout=2)
 
     async def _run(self) -> None:
         s = self.deps.settings
@@ -113,62 +107,6 @@ class Sweeper:
                 log.exception("sweeper_tick_failed")
             # Jitter spreads the nodes' sweeps; correctness never depends on who sweeps.
             await asyncio.sleep(s.timer_poll_seconds * (0.75 + random.random() / 2))
-
-    async def _beat_loop(self) -> None:
-        s = self.deps.settings
-        while not self._stopping:
-            try:  # each Redis call is bounded by the client's timeout (store_timeout_seconds)
-                await self.beat()
-            except asyncio.CancelledError:
-                raise
-            except STORE_DOWN as exc:
-                log.warning("heartbeat_store_unavailable", error=repr(exc))
-            except Exception:
-                log.exception("heartbeat_failed")
-            await asyncio.sleep(s.node_heartbeat_seconds)
-
-    async def beat(self) -> None:
-        s, redis = self.deps.settings, self.deps.redis
-        # Re-register before announcing the beat, so anyone who sees this node alive also sees its sockets.
-        if not await presence.known_node(redis, s.node_id):
-            await self.on_registry_lost()
-        await presence.heartbeat(redis, s.node_id, now_ms())
-        self._last_beat = time.monotonic()
-        stale_before = now_ms() - int(s.node_dead_after_seconds * 1000)
-        seen = await presence.nodes_seen(redis)
-        self.on_nodes(s.node_id, {n for n, at in seen.items() if at >= stale_before})
-        dead = [n for n, at in seen.items() if at < stale_before]
-        if dead and (self._reaper is None or self._reaper.done()):
-            self._reaper = asyncio.create_task(self._reap(dead, stale_before), name="node-reaper")
-        mono = time.monotonic()
-        if self.on_reconcile is not None and mono - self._reconciled >= s.reconcile_seconds \
-                and (self._reconciler is None or self._reconciler.done()):
-            self._reconciled = mono
-            self._reconciler = asyncio.create_task(self._reconcile(), name="ghost-reconciler")
-
-    async def _reconcile(self) -> None:
-        assert self.on_reconcile is not None
-        try:
-            await self.on_reconcile()
-        except STORE_DOWN as exc:
-            log.warning("reconcile_store_unavailable", error=repr(exc))
-        except Exception:
-            log.exception("reconcile_failed")
-
-    async def _reap(self, dead: list[str], stale_before: int) -> None:
-        for node in dead:
-            try:
-                sids = await presence.reap_node(self.deps.redis, node, stale_before)
-            except Exception:
-                log.exception("node_reap_failed", node=node)
-                continue
-            if sids:
-                log.warning("node_reaped", node=node, sockets=len(sids))
-            for sid in sids:
-                try:  # one failure must not leave the node's other sockets behind as ghosts
-                    await self.on_dead_sid(self.deps, sid)
-                except Exception:
-                    log.exception("reaped_socket_cleanup_failed", node=node, sid=sid)
 
     async def tick(self) -> None:
         redis = self.deps.redis
@@ -185,6 +123,10 @@ class Sweeper:
                 continue
             try:
                 await handler(self.deps, ident)
+            except STORE_DOWN as exc:  # an outage (Postgres down, say): retried soon, without a traceback
+                log.warning("timer_handler_deferred", timer=member, error=repr(exc))
+                await _RETRY(redis, [], [member, lease, now_ms() + RETRY_MS])
+                continue
             except Exception:
                 log.exception("timer_handler_failed", timer=member)  # retried after the lease
                 continue

@@ -3,7 +3,7 @@
 
 1. One transaction: the account is marked deleted (nothing can authenticate as it any more: its
    sessions are deleted), a deletion job is queued, and the request is audit-logged.
-2. Live state is cut the way a ban cuts it (calls/departures.py): its sockets on every node get
+2. Live state is cut the way a ban cuts it (calls/enforce.py): its sockets on every node get
    `session:invalidated {reason:"account_deleted"}` and are disconnected; a call in progress ends as
    the user leaving it, so the partner gets the normal `peer:disconnected` + `session:finalized`.
 3. Every S3 object under the user's prefix is deleted (and unfinished multipart uploads aborted),
@@ -30,7 +30,7 @@ from server import ratelimit
 from server.accounts import access, passwords, store
 from server.accounts.sessions import Principal
 from server.background import every
-from server.calls import departures
+from server.calls import enforce
 from server.deps import DEPS, Deps
 from server.errors import ApiError, rate_limited
 from server.media.rules import user_prefix
@@ -97,7 +97,7 @@ async def run(deps: Deps, user_id: UUID) -> bool:
     if not await store.claim_deletion(deps.db, user_id, deps.settings.account_deletion_lease_seconds):
         return await store.deletion_done(deps.db, user_id)
     try:
-        await departures.cut_user(
+        await enforce.cut_user(
             deps, str(user_id), event="session:invalidated",
             payload={"message": "Your account has been deleted.", "reason": "account_deleted"},
             end_reason="disconnect", leaver=True)

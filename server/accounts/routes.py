@@ -6,7 +6,7 @@ from aiohttp import web
 
 from server.accounts import deletion, export, profile, service, store
 from server.accounts.sessions import authenticate, require_user
-from server.calls import departures
+from server.calls import enforce
 from server.deps import deps_of
 from server.errors import bad_request, not_found
 from server.httpio import bearer_token, client_ip, read_json
@@ -96,7 +96,7 @@ async def login(request: web.Request) -> web.Response:
     result, _user_id, revoked = await service.login(
         deps, _client(request), body["email"].strip().lower(), body["password"])
     # The replaced sessions' sockets get session:invalidated, then are disconnected (§6 D12).
-    await departures.invalidate_sessions(deps, [str(s) for s in revoked])
+    await enforce.invalidate_sessions(deps, [str(s) for s in revoked])
     return web.json_response(result)
 
 
@@ -104,7 +104,7 @@ async def login(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     principal = await require_user(request, allow_banned=True)
     await service.logout(deps_of(request), principal)
-    await departures.disconnect_sessions(deps_of(request), [str(principal.session_id)], delay_s=0)
+    await enforce.disconnect_sessions(deps_of(request), [str(principal.session_id)], delay_s=0)
     return web.json_response({"success": True})
 
 

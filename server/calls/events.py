@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.calls import invites, rooms
+from server.calls import enforce, invites, rooms
 from server.deps import Deps
 from server.events import ID, SDP_MAX_BYTES, Sender, obj, on
 from server.ids import canonical_user_id
@@ -21,12 +21,14 @@ def _user_id(value: str) -> str:
 
 @on("call:invite", obj(["toUserId"], toUserId=ID, requestedSeconds=SECONDS))
 async def call_invite(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
-    await invites.invite(deps, s, _user_id(d["toUserId"]), d.get("requestedSeconds", 300))
+    if v := await invites.invite(deps, s, _user_id(d["toUserId"]), d.get("requestedSeconds", 300)):
+        await enforce.deny(deps, s, v)
 
 
 @on("call:accept", obj(["inviteId"], inviteId=ID, requestedSeconds=SECONDS))
 async def call_accept(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
-    await invites.accept(deps, s, d["inviteId"], d.get("requestedSeconds", 300))
+    if v := await invites.accept(deps, s, d["inviteId"], d.get("requestedSeconds", 300)):
+        await enforce.deny(deps, s, v)
 
 
 @on("call:decline", obj(["inviteId"], inviteId=ID, reason={"enum": ["timeout", "user", None]}))
@@ -97,3 +99,43 @@ async def call_end(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
 @on("call:connected", obj(["roomId"], roomId=ID))
 async def call_connected(deps: Deps, s: Sender, d: dict[str, Any]) -> None:
     await rooms.connected(deps, s, d["roomId"])
+
+
+# ---- the signalling relays' payload check, without jsonschema (issue 10, hot path) ----
+# Each returns True only for payloads its schema above accepts (tests/integration/test_realtime_relay_checks.py
+# holds them to that); anything else goes through the full validation, which also words the error.
+
+def _room_ok(d: dict[str, Any]) -> bool:
+    v = d.get("roomId")
+    return isinstance(v, str) and 0 < len(v) <= 64
+
+
+def _null_or_str(d: dict[str, Any], key: str, max_len: int) -> bool:
+    v = d.get(key)
+    return v is None or (isinstance(v, str) and len(v) <= max_len)
+
+
+def ice_ok(d: Any) -> bool:
+    if type(d) is not dict or not _room_ok(d):
+        return False
+    c = d.get("candidate")
+    if type(c) is not dict:
+        return False
+    v, i = c.get("candidate"), c.get("sdpMLineIndex")
+    return (isinstance(v, str) and len(v) <= 2048 and (i is None or (type(i) is int and 0 <= i <= 255))
+            and _null_or_str(c, "sdpMid", 64) and _null_or_str(c, "usernameFragment", 256))
+
+
+def _sdp_ok(kind: str) -> Any:
+    def check(d: Any) -> bool:
+        if type(d) is not dict or not _room_ok(d):
+            return False
+        s = d.get(kind)
+        if type(s) is not dict or ("type" in s and s["type"] != kind):
+            return False
+        sdp = s.get("sdp")
+        return isinstance(sdp, str) and len(sdp) <= 100 * 1024
+    return check
+
+
+FAST_CHECKS: dict[str, Any] = {"rtc:ice": ice_ok, "rtc:offer": _sdp_ok("offer"), "rtc:answer": _sdp_ok("answer")}

@@ -12,7 +12,7 @@ import structlog
 from server import emit, ratelimit
 from server.accounts.access import has_access
 from server.accounts.sessions import BANNED_STATUSES
-from server.calls import cooldowns, state, store
+from server.calls import cooldowns, rooms, state, store
 from server.calls.policy import DECLINE_AS_TIMEOUT_MS, clamp_seconds
 from server.deps import Deps
 from server.events import Sender
@@ -38,7 +38,9 @@ async def _declined(deps: Deps, sid_or_user: tuple[str, str], invite_id: str, to
         await emit.to_user(deps, target, "call:declined", payload)
 
 
-async def invite(deps: Deps, sender: Sender, to_user: str, requested: Any) -> None:
+async def invite(deps: Deps, sender: Sender, to_user: str, requested: Any) -> str | None:
+    """Invite `to_user`. Returns the acting user's denial verdict ("banned" | "payment", from
+    presence/gate.py) when they may not call at all: the handler enforces it (calls/enforce.py)."""
     me = sender.user_id
     invite_id = str(uuid.uuid4())
     caps = ",".join(sorted(sender.caps))
@@ -49,24 +51,30 @@ async def invite(deps: Deps, sender: Sender, to_user: str, requested: Any) -> No
 
     target_id = canonical_user_id(to_user)  # any spelling of one's own id is oneself (issue 12 §4)
     if target_id == me:
-        return await reject("invalid_target")
-    if not await _may_call(deps, sender):
+        await reject("invalid_target")
         return None
+    if (v := await gate.verdict(deps, sender)) != "ok":
+        return v
     cards = await deps.deck.cards_of(deps, [me] + ([target_id] if target_id else []))
     target = cards[target_id].fields if target_id in cards else None
     if target is None:
-        return await reject("user_not_found")
+        await reject("user_not_found")
+        return None
     seconds = clamp_seconds(requested)
     if seconds is None:
-        return await reject("invalid_duration")
+        await reject("invalid_duration")
+        return None
     if target["ban_status"] in BANNED_STATUSES or not has_access(deps, target["paid_status"]):
-        return await reject("offline")
+        await reject("offline")
+        return None
     if await store.reported_between(deps.db, me, str(target["id"])):
-        return await reject("offline")  # a report blocks the pair both ways, by id too (§6 D16)
+        await reject("offline")  # a report blocks the pair both ways, by id too (§6 D16)
+        return None
     window = await ratelimit.hit(deps.redis, f"invites:{me}", 60)
     if window.count > deps.settings.invites_per_minute:
-        return await emit.call_error(deps, sender.sid, "RATE_LIMITED", "Too many invites, slow down",
-                                     retryAfter=window.retry_after_s)
+        await emit.call_error(deps, sender.sid, "RATE_LIMITED", "Too many invites, slow down",
+                              retryAfter=window.retry_after_s)
+        return None
 
     s = deps.settings
     now = now_ms()
@@ -75,12 +83,15 @@ async def invite(deps: Deps, sender: Sender, to_user: str, requested: Any) -> No
     status = await state.create_invite(deps.redis, me, str(target["id"]), invite_id, seconds, now, window_end,
                                        expires, caps)
     if status == "caller_busy":
-        return await emit.call_error(deps, sender.sid, "BUSY", "You are already in a call")
+        await emit.call_error(deps, sender.sid, "BUSY", "You are already in a call")
+        return None
     if status == "already_pending":
-        return await emit.call_error(deps, sender.sid, "INVITE_PENDING",
-                                     "You already have a pending invite; cancel it first")
+        await emit.call_error(deps, sender.sid, "INVITE_PENDING",
+                              "You already have a pending invite; cancel it first")
+        return None
     if status != "ok":
-        return await reject(status)  # offline | busy | cooldown
+        await reject(status)  # offline | busy | cooldown
+        return None
     await emit.to_user(deps, str(target["id"]), "call:notify", {
         "inviteId": invite_id, "fromUser": cards[me].public, "requestedSeconds": seconds,
         "ttlMs": s.invite_ttl_ms, "expiresAt": window_end,
@@ -92,45 +103,40 @@ async def invite(deps: Deps, sender: Sender, to_user: str, requested: Any) -> No
     return None
 
 
-async def _may_call(deps: Deps, sender: Sender) -> bool:
-    """Access and ban checks on the acting user (§6 D11), from the socket's cached rights."""
-    v = await gate.verdict(deps, sender)
-    if v != "ok":
-        await gate.deny(deps, sender, v)
-        return False
-    return True
-
-
-async def accept(deps: Deps, sender: Sender, invite_id: str, requested: Any) -> None:
-    from server.calls import rooms
-
+async def accept(deps: Deps, sender: Sender, invite_id: str, requested: Any) -> str | None:
+    """Accept an invite; like invite(), returns the acting user's denial verdict, if any."""
     seconds = clamp_seconds(requested)
     if seconds is None:
-        return await emit.call_error(deps, sender.sid, "INVALID_DURATION", "Invalid call duration",
-                                     inviteId=invite_id)
+        await emit.call_error(deps, sender.sid, "INVALID_DURATION", "Invalid call duration",
+                              inviteId=invite_id)
+        return None
     inv = await state.get_invite(deps.redis, invite_id)
     if not inv or inv.get("to") != sender.user_id:
-        return await emit.call_error(deps, sender.sid, "INVITE_NOT_FOUND", "Invite not found or expired",
-                                     inviteId=invite_id)
-    if not await _may_call(deps, sender):
+        await emit.call_error(deps, sender.sid, "INVITE_NOT_FOUND", "Invite not found or expired",
+                              inviteId=invite_id)
         return None
+    if (v := await gate.verdict(deps, sender)) != "ok":
+        return v
     users = await deps.deck.rows(deps, [sender.user_id, inv["from"]])
     caller = users.get(inv["from"])
     if caller is None or caller["ban_status"] in BANNED_STATUSES or not has_access(deps, caller["paid_status"]):
         ended = await state.end_invite(deps.redis, "gone", inv["from"], now_ms(), invite_id=invite_id)
         if isinstance(ended, state.Ended):
             await announce_end(deps, ended)
-        return await emit.call_error(deps, sender.sid, "CALLER_UNAVAILABLE", "Invite not found or expired",
-                                     inviteId=invite_id)
+        await emit.call_error(deps, sender.sid, "CALLER_UNAVAILABLE", "Invite not found or expired",
+                              inviteId=invite_id)
+        return None
 
     room_id, session_id, started = str(uuid.uuid4()), str(uuid.uuid4()), now_ms()
     res = await state.accept_invite(deps.redis, invite_id, sender.user_id, room_id, session_id, started, seconds,
                                     deps.settings.call_setup_allowance_ms)
     if res.status in ("not_found", "not_invitee"):
-        return await emit.call_error(deps, sender.sid, "INVITE_NOT_FOUND", "Invite not found or expired",
-                                     inviteId=invite_id)
+        await emit.call_error(deps, sender.sid, "INVITE_NOT_FOUND", "Invite not found or expired",
+                              inviteId=invite_id)
+        return None
     if res.status == "callee_busy":
-        return await emit.call_error(deps, sender.sid, "BUSY", "You are already in a call", inviteId=invite_id)
+        await emit.call_error(deps, sender.sid, "BUSY", "You are already in a call", inviteId=invite_id)
+        return None
     if res.status == "caller_gone":  # F9: fail cleanly for both
         await emit.call_error(deps, sender.sid, "CALLER_UNAVAILABLE", "The caller is no longer available",
                               inviteId=invite_id)
@@ -172,7 +178,7 @@ async def extend_wait(deps: Deps, sender: Sender, to_user: str) -> None:
         return await emit.call_error(deps, sender.sid, "MAX_EXTENSIONS", "The invite cannot be extended again",
                                      inviteId=res[1])
     await emit.to_user(deps, to_user, "call:wait-extended", {
-        "extraSeconds": s.invite_extension_ms // 1000, "inviteId": res[1], "expiresAt": int(res[2])})
+ "extraSeconds": s.invite_extension_ms // 1000, "inviteId": res[1], "expiresAt": int(res[2])})
     return None
 
 
@@ -183,6 +189,12 @@ async def expire(deps: Deps, invite_id: str) -> None:
         await announce_end(deps, ended)
 
 
+def caller_reason(outcome: str, caps: str) -> str | None:
+    """The call:declined reason the caller gets for an invite that ended this way (None: not told)."""
+    return {"decline": "user_declined", "timeout": "timeout", "expire": "timeout",
+            "callee_gone": "offline", "busy": _reason_for(caps, "busy")}.get(outcome)
+
+
 _ENDED_AS = {"decline": "declined", "timeout": "declined", "expire": "expired", "busy": "busy"}  # else cancelled
 
 
@@ -191,8 +203,7 @@ async def announce_end(deps: Deps, e: state.Ended) -> None:
     set the cooldown, so a Postgres failure defers the durable copy (a timer retries it) instead of
     leaving the outcome unannounced (issue 11 §4)."""
     await cooldowns.persist_or_defer(deps, e.caller, e.callee, e.cooldown_ms, e.outcome)
-    to_caller = {"decline": "user_declined", "timeout": "timeout", "expire": "timeout",
-                 "callee_gone": "offline", "busy": _reason_for(e.caller_caps, "busy")}.get(e.outcome)
+    to_caller = caller_reason(e.outcome, e.caller_caps)
     if to_caller:
         await _declined(deps, ("user", e.caller), e.invite_id, e.callee, to_caller)
     to_callee = {"rescind": {}, "caller_gone": {}, "expire": {"reason": "expired"},

@@ -201,6 +201,9 @@ async def finalize(deps: Deps, room_id: str, reason: str, leaver: str = "") -> b
     persisted = True
     try:
         unlocked = await persist(deps, room_id)
+    except timers.STORE_DOWN as exc:  # an outage: expected, no traceback
+        log.warning("call_persist_deferred", room_id=room_id, error=repr(exc))
+        unlocked, persisted = [], False
     except Exception:
         log.exception("call_persist_failed", room_id=room_id)
         unlocked, persisted = [], False
@@ -212,11 +215,53 @@ async def finalize(deps: Deps, room_id: str, reason: str, leaver: str = "") -> b
     for uid in (a, b):  # no more relaying through this room, on any node
         await deps.sio.close_room(emit.member_room(room_id, uid))
     await _tell_finalized(deps, room_id, (a, b), session_id, reason)
-    await announce_metrics(deps, (a, b), unlocked)
-    if persisted:  # else the persist timer stays armed: it retries the write
+    if persisted:  # else the persist timer stays armed: it retries the write, then sends the counters
+        await announce_metrics(deps, (a, b), unlocked)
         await timers.cancel(deps, "persist", room_id)
+    else:
+        await _remember_unwritten(deps, room_id)
     log.info("call_finalized", room_id=room_id, reason=reason)
     return True
+
+
+# Finalised calls whose history write failed on this node (Postgres down), kept in this process until
+# the write is done (by any node). Redis holds the only other record of their end: if Redis loses its
+# data meanwhile (the double fault), this copy puts the final record back before anyone restores the
+# call from its durable live_calls row as if it were still running (calls/resume.py).
+_unwritten: dict[str, tuple[float, dict[str, str], list[str]]] = {}  # room -> (monotonic, room, chat json)
+_UNWRITTEN_MAX = 10_000
+_UNWRITTEN_MAX_AGE_S = 24 * 3600.0
+
+
+async def _remember_unwritten(deps: Deps, room_id: str) -> None:
+    if len(_unwritten) >= _UNWRITTEN_MAX:
+        _unwritten.pop(next(iter(_unwritten)))
+    room = await state.get_room(deps.redis, room_id)
+    chat = [str(m) for m in await deps.redis.lrange(f"room:{room_id}:chat", 0, -1)]
+    _unwritten[room_id] = (time.monotonic(), room, chat)
+
+
+async def restore_unwritten(deps: Deps) -> int:
+    """After Redis lost its data: put back the final records of this node's unwritten calls (each with
+    its persist timer and the pair's cooldown), overriding a room restored as live meanwhile. Entries
+    whose write is known to be done (the record has its post-write expiry) are dropped."""
+    put = 0
+    for room_id, (at, room, chat) in list(_unwritten.items()):
+        if time.monotonic() - at > _UNWRITTEN_MAX_AGE_S:
+            _unwritten.pop(room_id, None)
+            continue
+        if await state.refinalize(deps.redis, room_id, room, chat, timers.now_ms(), timers.now_ms() + timers.RETRY_MS):
+            put += 1
+    if put:
+        log.warning("final_records_restored", count=put)
+    return put
+
+
+async def prune_unwritten(deps: Deps) -> None:
+    """Forget unwritten calls whose history was written meanwhile (maybe by another node)."""
+    for room_id in list(_unwritten):
+        if await deps.redis.ttl(f"room:{room_id}") > 0:  # mark_persisted set its expiry
+            _unwritten.pop(room_id, None)
 
 
 async def _tell_finalized(deps: Deps, room_id: str, users: tuple[str, str], session_id: str, reason: str) -> None:
@@ -237,6 +282,8 @@ async def persist(deps: Deps, room_id: str) -> list[str]:
     duration = max(0, (ended - media_start) // 1000)
     await cooldowns.persist(deps, a, b, int(room.get("cd", COOLDOWN_MS["call"])), "call")
     unlocked: list[str] = []
+    participants: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
     if duration >= HISTORY_MIN_SECONDS:
         users = await deps.deck.rows(deps, [a, b])
         messages = await state.transcript(deps.redis, room_id)
@@ -247,13 +294,17 @@ async def persist(deps: Deps, room_id: str) -> list[str]:
             {"user_id": uid, "partner_id": other, "partner_name": users[other]["name"] if other in users else ""}
             for uid, other in ((a, b), (b, a)) if uid in users
         ]
-        async with deps.db.acquire() as conn, conn.transaction():
+    # History and the end of the live record in one transaction: a restore after Redis lost its data
+    # never finds a live record of a call whose history exists (issue 11, the double fault).
+    async with deps.db.acquire() as conn, conn.transaction():
+        if participants:
             unlocked = await store.record_call(
                 conn, uuid.UUID(room["session"]), uuid.UUID(room_id), _ms_to_dt(started), _ms_to_dt(ended),
                 duration, int(room["agreed"]), room.get("reason", "ended"), participants, messages,
                 duration >= QR_SESSION_MIN_SECONDS, QR_SESSIONS_TO_UNLOCK)
-    await store.end_live_call(deps.db, room_id)
-    await state.mark_persisted(deps.redis, room_id)
+        await store.end_live_call(conn, room_id)
+    await state.mark_persisted(deps.redis, room_id, deps.settings.room_keep_seconds)
+    _unwritten.pop(room_id, None)
     return unlocked
 
 
@@ -278,7 +329,9 @@ async def on_persist(deps: Deps, room_id: str) -> None:
     room = await state.get_room(deps.redis, room_id)
     unlocked = await persist(deps, room_id)  # raises while Postgres is down: retried after the lease
     if room.get("a") and room.get("state") == "final":
+        users = (room["a"], room["b"])
         if not room.get("told"):
-            await _tell_finalized(deps, room_id, (room["a"], room["b"]), room["session"], room.get("reason", "ended"))
-            await announce_metrics(deps, (room["a"], room["b"]), unlocked)
+            await _tell_finalized(deps, room_id, users, room["session"], room.get("reason", "ended"))
+        # The counters now include this call (finalize sent none when its own write failed).
+        await announce_metrics(deps, users, unlocked)
     await timers.cancel(deps, "persist", room_id)

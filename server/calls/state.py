@@ -4,7 +4,7 @@ Keys: inv:<id> (hash), u:<uid>:out / u:<uid>:in (the one pending outgoing / inco
 u:<uid>:room (the active room: "busy"), room:<id> (hash), room:<id>:joined (set of users who sent
 room:join), room:<id>:sdp:<to>:<offer|answer> and room:<id>:ice:<to> (signalling buffered for a
 participant who has not joined yet, §7 E4), room:<id>:chat (transcript), cd:<a>:<b> (pair cooldown,
-a < b), timers (zset "<kind>:<id>" -> due ms).
+a < b), invend:<id> (how an invite ended, 2 min: outcome|callee), timers (zset "<kind>:<id>" -> due ms).
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import redis.asyncio as aioredis
 
 from server.calls.policy import COOLDOWN_MS
 from server.redis import Script
-
-ROOM_KEEP_SECONDS = 600  # a finalised room's record outlives it for replays and E3(c)
 
 # ---------------------------------------------------------------- invites
 
@@ -88,6 +86,8 @@ _INVITE_END = Script(
     local ms = tonumber(cjson.decode(ARGV[6])[outcome] or 0)
     drop(id, from, to)
     cooldown(from, to, ms)
+    -- how it ended, for a caller whose call:declined was lost in a cross-node delivery gap
+    redis.call('SET', 'invend:' .. id, outcome .. '|' .. to, 'PX', 120000)
     return {'ok', outcome, from, to, ms, caps, id}
     """
 )
@@ -189,6 +189,15 @@ async def accept_invite(r: aioredis.Redis, invite_id: str, callee: str, room_id:
         return Accepted(res[0], *(res[1:3] if len(res) >= 3 else ()))
     _, caller, caps, agreed, deadline, others = res
     return Accepted("ok", caller, caps or "", int(agreed), int(deadline), tuple(json.loads(others) or ()))
+
+
+async def invite_end(r: aioredis.Redis, invite_id: str) -> tuple[str, str] | None:
+    """(outcome, callee) of an invite that ended in the last 2 minutes; None if it did not (or longer ago)."""
+    raw = await r.get(f"invend:{invite_id}")
+    if not raw:
+        return None
+    outcome, _, callee = str(raw).partition("|")
+    return outcome, callee
 
 
 async def get_invite(r: aioredis.Redis, invite_id: str) -> dict[str, str]:
@@ -337,6 +346,42 @@ _RESTORE = Script(
 )
 
 
+# Puts back the final record of a call whose end only Redis knew (its history write pending) after Redis
+# lost its data; overrides the same room restored as live from its durable record meanwhile.
+# ARGV: room, fields json, chat json list, now ms, persist due ms.
+_REFINAL = Script(
+    """
+    local room = ARGV[1]
+    local r = 'room:' .. room
+    local st = redis.call('HGET', r, 'state')
+    if st == 'final' then return 0 end
+    if st == 'active' and redis.call('HGET', r, 'restored') ~= '1' then return 0 end
+    local f = cjson.decode(ARGV[2])
+    redis.call('DEL', r)
+    for k, v in pairs(f) do redis.call('HSET', r, k, v) end
+    redis.call('HSET', r, 'state', 'final')
+    if redis.call('EXISTS', r .. ':chat') == 0 then
+      for _, m in ipairs(cjson.decode(ARGV[3])) do redis.call('RPUSH', r .. ':chat', m) end
+    end
+    for _, u in ipairs({f['a'], f['b']}) do
+      if redis.call('GET', 'u:' .. u .. ':room') == room then redis.call('DEL', 'u:' .. u .. ':room') end
+    end
+    redis.call('ZREM', 'timers', 'deadline:' .. room)
+    redis.call('ZADD', 'timers', ARGV[5], 'persist:' .. room)
+    local left = tonumber(f['ended'] or '0') + tonumber(f['cd'] or '0') - tonumber(ARGV[4])
+    local a, b = f['a'], f['b']
+    if b < a then a, b = b, a end
+    if left > 0 then redis.call('SET', 'cd:' .. a .. ':' .. b, '1', 'PX', left, 'NX') end
+    return 1
+    """
+)
+
+
+async def refinalize(r: aioredis.Redis, room_id: str, room: dict[str, str], chat: list[str], now: int,
+                     persist_due: int) -> bool:
+    return bool(await _REFINAL(r, [], [room_id, json.dumps(room), json.dumps(chat), now, persist_due]))
+
+
 async def restore_room(r: aioredis.Redis, room_id: str, caller: str, callee: str, started_ms: int, agreed: int,
                        deadline_ms: int, session_id: str) -> bool:
     return bool(await _RESTORE(r, [], [room_id, caller, callee, started_ms, agreed, deadline_ms, session_id]))
@@ -377,11 +422,12 @@ async def finalize(r: aioredis.Redis, room_id: str, reason: str, now: int, coold
     return str(res[0]), str(res[1])
 
 
-async def mark_persisted(r: aioredis.Redis, room_id: str) -> None:
-    """The durable write is done: the finalised room's record now only serves replays, for a while."""
+async def mark_persisted(r: aioredis.Redis, room_id: str, keep_seconds: float) -> None:
+    """The durable write is done: the finalised room's record now only serves replays, for
+    `keep_seconds` (settings.room_keep_seconds)."""
     async with r.pipeline(transaction=False) as pipe:
         for suffix in ("", ":joined", ":chat"):
-            pipe.expire(f"room:{room_id}{suffix}", ROOM_KEEP_SECONDS)
+            pipe.expire(f"room:{room_id}{suffix}", max(1, int(keep_seconds)))
         await pipe.execute()
 
 

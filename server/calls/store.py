@@ -8,6 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
+from server.accounts.store import DELETED_NAME
 from server.payments import codes
 
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
@@ -92,7 +93,9 @@ async def live_calls(conn: Conn) -> list[asyncpg.Record]:
         """SELECT room_id::text, session_id::text, caller_id::text, callee_id::text, agreed_seconds,
                   (extract(epoch FROM started_at) * 1000)::bigint AS started_ms,
                   (extract(epoch FROM deadline_at) * 1000)::bigint AS deadline_ms
-           FROM live_calls""")
+           FROM live_calls l
+           -- a call whose history exists has ended (a record left by a write that was not atomic)
+           WHERE NOT EXISTS (SELECT 1 FROM call_history h WHERE h.session_id = l.session_id)""")
 
 
 async def record_call(conn: asyncpg.Connection, session_id: UUID, room_id: UUID, started_at: datetime,
@@ -101,16 +104,30 @@ async def record_call(conn: asyncpg.Connection, session_id: UUID, room_id: UUID,
                       qr_sessions_to_unlock: int) -> list[str]:
     """Write one history row per participant and bump their counters, exactly once per
     (session, user): a replay after a crash inserts nothing and counts nothing.
-    Returns the ids of users whose QR access was unlocked by this call."""
+    Returns the ids of users whose QR access was unlocked by this call.
+
+    A participant whose account was deleted since the call (this runs again after an outage or a
+    crash) gets no row and no counters, and the partner's row does not name them: what the deletion's
+    scrub (accounts/store.scrub_user) does to rows that existed. FOR SHARE makes a deletion that starts
+    meanwhile wait for this transaction, so its scrub sees the rows written here."""
+    rows = await conn.fetch("SELECT id::text, deleted_at IS NOT NULL AS gone FROM users WHERE id = ANY($1::uuid[]) "
+                            "ORDER BY id FOR SHARE", [str(p["user_id"]) for p in participants])
+    present = {r["id"] for r in rows if not r["gone"]}
     unlocked: list[str] = []
     for p in participants:
+        if str(p["user_id"]) not in present:
+            continue
+        said = messages
+        if p["partner_id"] is not None and str(p["partner_id"]) not in present:
+            said = _scrubbed(messages, str(p["partner_id"]))
+            p = {**p, "partner_id": None, "partner_name": DELETED_NAME}
         inserted = await conn.fetchval(
             """INSERT INTO call_history (session_id, user_id, room_id, partner_id, partner_name, started_at,
                    ended_at, duration_seconds, agreed_seconds, end_reason, messages)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                ON CONFLICT (session_id, user_id) DO NOTHING RETURNING 1""",
             session_id, p["user_id"], room_id, p["partner_id"], p["partner_name"], started_at, ended_at,
-            duration, agreed, reason, messages,
+            duration, agreed, reason, said,
         )
         if inserted is None:
             continue
@@ -135,6 +152,18 @@ async def record_call(conn: asyncpg.Connection, session_id: UUID, room_id: UUID,
                     await codes.mint_own(conn, p["user_id"])
                 unlocked.append(str(p["user_id"]))
     return unlocked
+
+
+def _scrubbed(messages: list[Any], gone: str) -> list[Any]:
+    """The transcript as a deleted user's partner keeps it: their lines as 'deleted-user', no socials."""
+    out = []
+    for m in messages:
+        if isinstance(m, dict) and m.get("from") == gone:
+            if m.get("type") == "social":
+                continue
+            m = {**{k: v for k, v in m.items() if k != "socials"}, "from": "deleted-user"}
+        out.append(m)
+    return out
 
 
 async def metrics(conn: Conn, user_ids: list[str]) -> dict[str, asyncpg.Record]:

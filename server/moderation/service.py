@@ -2,7 +2,7 @@
 enforcing a ban on live state at once (§6 D11/D30). No HTTP here.
 
 Every change is one transaction with its audit row; after it commits, `access.changed` tells the
-caches and `departures.cut_user` ends the banned user's sockets, call and invites on every node.
+caches and `calls.enforce.cut_user` ends the banned user's sockets, call and invites on every node.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from server import ratelimit
 from server.accounts import access
 from server.accounts.profile import ms
 from server.background import every
-from server.calls import departures
+from server.calls.enforce import cut_user
 from server.deps import DEPS, Deps
 from server.errors import ApiError, bad_request, not_found, rate_limited
 from server.httpio import ip_scope
@@ -57,7 +57,7 @@ async def enforce(deps: Deps, user_id: UUID, banned: bool) -> None:
     await access.changed(deps, str(user_id), "ban")
     if banned:
         await admin.revoke_all(deps, user_id)
-        await departures.cut_user(deps, str(user_id))
+        await cut_user(deps, str(user_id))
 
 
 # ---- reports ----

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -66,9 +65,10 @@ def node_values(app: web.Application) -> dict[str, float]:
     rt: Any = app.get(REALTIME)
     if rt is not None:
         values["sockets_authenticated"] = float(len(getattr(rt, "local", ())))
-        last = getattr(getattr(rt, "sweeper", None), "_last_beat", 0.0)
-        if last:
-            values["heartbeat_age_seconds"] = time.monotonic() - last
+        registry = getattr(rt, "registry", None)
+        age = registry.heartbeat_age() if registry is not None else None
+        if age is not None:
+            values["heartbeat_age_seconds"] = age
     return values
 
 

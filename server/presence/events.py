@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from server import emit
+from server.calls import enforce
 from server.deps import Deps
 from server.events import Sender, on
 from server.presence import gate, state
@@ -42,7 +43,7 @@ async def queue_join(deps: Deps, sender: Sender, _data: dict[str, Any]) -> None:
     # cache, so an invite racing this event finds the user callable.
     v = await gate.verdict(deps, sender)
     if v != "ok":
-        return await gate.deny(deps, sender, v)
+        return await enforce.deny(deps, sender, v)
     await deps.sio.enter_room(sender.sid, emit.QUEUE)
     result = await state.join_queue(deps.redis, sender.user_id)
     if result == -2:
@@ -64,7 +65,7 @@ async def _recheck(deps: Deps, sender: Sender) -> None:
     v = await gate.refresh(deps, sender)
     if v != "ok":
         await queue_leave(deps, sender, {})
-        await gate.deny(deps, sender, v)
+        await enforce.deny(deps, sender, v)
 
 
 @on("queue:leave")

@@ -12,7 +12,6 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from server import emit
 from server.accounts.access import has_access
 from server.accounts.sessions import BANNED_STATUSES
 from server.deps import Deps
@@ -61,13 +60,3 @@ def spawn(coro: Coroutine[Any, Any, Any]) -> None:
     task = asyncio.create_task(coro)
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
-
-
-async def deny(deps: Deps, sender: Sender, v: str) -> None:
-    """Tell a socket it may not do what it asked (a ban also ends its live presence)."""
-    if v == "banned":
-        from server.calls.departures import cut_user
-
-        await cut_user(deps, sender.user_id)
-    else:
-        await emit.call_error(deps, sender.sid, "PAYMENT_REQUIRED", "Payment required")

@@ -80,3 +80,63 @@ async def test_while_redis_is_down_routes_answer_503_json(stack, n1, http, rds):
         await rds.connection_pool.disconnect()
     async with http.post(f"{n1.url}/auth/guest", json={"name": "Ada", "gender": "female"}) as resp:
         assert resp.status == 200
+
+
+async def test_redis_restart_with_persistence_mid_call_keeps_the_call(stack, users, peers, n1, n2, db, rds, http):
+    """Redis saves, stops for longer than the dead-node window and comes back with its data: nobody
+    is reaped, the call goes on without a partner-disconnected notice, and ends the usual way."""
+    a, b, pa, pb, start = await call_across(users, peers, n1, n2, join=True)
+    room = start["roomId"]
+    dump = stack.root / "redis" / "dump.rdb"
+    t0 = time.monotonic()
+    try:
+        try:
+            await rds.shutdown(save=True)
+        except Exception:  # the connection drops as the server exits
+            pass
+        for _ in range(100):
+            if stack.pid("redis") is None:
+                break
+            await asyncio.sleep(0.05)
+        assert dump.exists()
+        await asyncio.sleep(2.5)  # down for longer than the dead-node window (1.5 s): every beat is stale
+        stack.up()
+    finally:
+        if stack.pid("redis") is None:
+            stack.up()
+        dump.unlink(missing_ok=True)  # later restarts in this session start empty again
+    await rds.connection_pool.disconnect()
+    assert await rds.hget(f"room:{room}", "state") == "active"  # the data came back
+
+    # Both nodes beat again (the sentinel for "the heartbeat has seen the outage").
+    async def both_beat() -> bool:
+        seen = {k: int(v) for k, v in (await rds.hgetall("nodes")).items()}
+        return len(seen) >= 2 and all(v > start["serverNow"] + 2500 for v in seen.values())
+    assert await eventually(both_beat, within=10), "the nodes did not beat again"
+    recovered_s = time.monotonic() - t0
+
+    async def listening() -> bool:  # cross-node delivery is back once both listeners resubscribed
+        for n in (n1, n2):
+            async with http.get(f"{n.url}/ready") as resp:
+                if (await resp.json()).get("checks", {}).get("pubsub") != "ok":
+                    return False
+        return True
+    assert await eventually(listening, within=10), "a node's cross-node listener did not come back"
+    for p in (pa, pb):  # signalling flows across the nodes
+        other = pb if p is pa else pa
+        await p.emit("rtc:ice", {"roomId": room, "candidate": {"candidate": f"candidate:{p.name}",
+                                                               "sdpMid": "0", "sdpMLineIndex": 0}})
+        assert (await other.wait("rtc:ice", timeout=5))["candidate"]["candidate"] == f"candidate:{p.name}"
+    await asyncio.sleep(max(0.0, 5.3 - (time.time() * 1000 - start["serverNow"]) / 1000))
+    await pb.emit("call:end", {"roomId": room})
+    fa, fb = await pa.wait("session:finalized"), await pb.wait("session:finalized")
+    assert fa["sessionId"] == fb["sessionId"] == start["sessionId"]
+    await pa.wait("metrics:update")
+    await pb.wait("metrics:update")  # the sentinel: everything of the call has arrived
+    for p in (pa, pb):
+        assert p.all("room:partner-disconnected") == [] and p.all("peer:disconnected") == [], p.events
+        assert len(p.all("session:finalized")) == 1
+    assert await db.fetchval("SELECT count(*) FROM call_history WHERE session_id = $1", start["sessionId"]) == 2
+    assert await db.fetchval("SELECT count(*) FROM live_calls") == 0
+    assert await rds.scard(f"u:{a['userId']}:socks") == 1 and await rds.scard(f"u:{b['userId']}:socks") == 1
+    print(f"Redis back with its data; both nodes beating {recovered_s:.2f} s after the shutdown")
