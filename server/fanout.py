@@ -167,7 +167,11 @@ class NodeManager(socketio.AsyncRedisManager):  # type: ignore[misc]
 
     # ---- publishing
     async def _publish(self, data: dict[str, Any]) -> None:
-        """Every publish of the base class (disconnect, rooms of remote sids) goes through the outbox."""
+        """Every publish of the base class (disconnect, rooms of remote sids, close_room) goes through
+        the outbox; like emits, nothing is published while no other node is alive to act on it."""
+        if not self.others_alive:
+            self.stats.skipped_publish += 1
+            return
         self._enqueue(data)
 
     def _enqueue(self, message: dict[str, Any]) -> None:
@@ -218,17 +222,17 @@ class NodeManager(socketio.AsyncRedisManager):  # type: ignore[misc]
             try:
                 if not subscribed:
                     self._redis_connect()
+                    # Subscribe confirmations are wanted (the library drops them): one says a gap ended.
+                    self.pubsub.ignore_subscribe_messages = False
                     await self.pubsub.subscribe(self.channel)
                     subscribed = True
                     self.stats.listener_up = True
                     backoff = 0.1
-                    if lost and self.on_listener_back is not None:
-                        log.warning("sio_listener_back")
-                        task = asyncio.create_task(self.on_listener_back(), name="listener-gap-replay")
-                        self._replays.add(task)
-                        task.add_done_callback(self._replays.discard)
-                    lost = False
                 async for message in self.pubsub.listen():
+                    if lost and message.get("type") == "subscribe":
+                        # Subscribed again (confirmed by Redis, not only sent) after a gap.
+                        lost = False
+                        self._listener_back()
                     yield message
             except asyncio.CancelledError:
                 raise
@@ -242,6 +246,14 @@ class NodeManager(socketio.AsyncRedisManager):  # type: ignore[misc]
                     await self.pubsub.aclose()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, LISTEN_BACKOFF_MAX_S)
+
+    def _listener_back(self) -> None:
+        if self.on_listener_back is None:
+            return
+        log.warning("sio_listener_back")
+        task = asyncio.create_task(self.on_listener_back(), name="listener-gap-replay")
+        self._replays.add(task)
+        task.add_done_callback(self._replays.discard)
 
     async def _listen(self) -> Any:
         async for data in super()._listen():
