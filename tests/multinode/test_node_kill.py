@@ -36,7 +36,9 @@ async def test_kill_callee_node_mid_call_then_resume_on_survivor(users, peers, n
         t0 = time.monotonic()
         n2.kill()
         # The survivor's node notices the dead node (stale heartbeat), reaps its sockets, starts the grace.
-        pd = await pa.wait("room:partner-disconnected", timeout=5)
+        # Generous bound: on a loaded machine the survivor's own beat can lag, and it reaps only after
+        # a whole window of steady beats (registry.beat); the time it took is printed, not asserted.
+        pd = await pa.wait("room:partner-disconnected", timeout=12)
         reaped_after = time.monotonic() - t0
         assert pd["userId"] == b["userId"]
         assert not await rds.sismember(f"u:{b['userId']}:socks", old_sid)
