@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import time
 
 import pytest
 
@@ -53,6 +56,28 @@ async def call_across(make_user, make_peer, caller_node, callee_node, seconds: i
             await p.emit("room:join", {"roomId": start["roomId"]})
             await p.wait("room:joined")
     return a, b, pa, pb, start
+
+
+async def stop_redis(stack, redis, save: bool = False) -> float:
+    """SHUTDOWN the test stack's Redis (SAVE: it keeps its data; NOSAVE: the test stack has no
+    persistence, so it comes back empty) and wait for the process to exit. Returns when it was asked."""
+    t0 = time.monotonic()
+    with contextlib.suppress(Exception):  # the connection drops as the server exits
+        await redis.shutdown(save=save, nosave=not save)
+    for _ in range(100):
+        if stack.pid("redis") is None:
+            break
+        await asyncio.sleep(0.05)
+    return t0
+
+
+async def restart_redis_empty(stack, redis) -> float:
+    """Redis loses its data: stopped without saving and started alone again (whatever else is down
+    stays down). Returns when the stop was asked."""
+    t0 = await stop_redis(stack, redis)
+    stack._start_redis()
+    await redis.connection_pool.disconnect()
+    return t0
 
 
 # Logged by code outside the realtime core while Postgres is down (reported on the issue): asyncpg's own

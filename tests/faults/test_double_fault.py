@@ -17,7 +17,7 @@ import time
 import asyncpg
 import pytest
 
-from tests.faults.conftest import call_across, core_errors
+from tests.faults.conftest import call_across, core_errors, restart_redis_empty
 from tests.multinode.conftest import eventually
 
 pytestmark = pytest.mark.allow_server_errors  # other domains' noise while Postgres is down; see core_errors
@@ -30,18 +30,6 @@ async def _connect(settings):
         yield conn
     finally:
         await conn.close()
-
-
-async def _restart_redis_empty(stack, rds) -> None:
-    """SHUTDOWN NOSAVE, then start Redis alone again with no data (Postgres stays down)."""
-    with contextlib.suppress(Exception):  # the connection drops as the server exits
-        await rds.shutdown(nosave=True)
-    for _ in range(100):
-        if stack.pid("redis") is None:
-            break
-        await asyncio.sleep(0.05)
-    stack._start_redis()
-    await rds.connection_pool.disconnect()
 
 
 async def _both_beating(rds, after_ms: int) -> None:
@@ -60,7 +48,7 @@ async def test_a_restore_that_failed_with_postgres_down_is_retried(stack, users,
 
     stack.down(["postgres"])
     try:
-        await _restart_redis_empty(stack, rds)
+        await restart_redis_empty(stack, rds)
         lost_ms = int(time.time() * 1000)
         await _both_beating(rds, lost_ms)
         assert not await rds.exists(f"room:{room}")  # nothing to restore from while Postgres is down
@@ -103,7 +91,7 @@ async def test_redis_lost_while_postgres_down_does_not_revive_an_ended_call(stac
         await pa.emit("call:end", {"roomId": room})
         assert (await pa.wait("session:finalized"))["sessionId"] == session
         assert (await pb.wait("session:finalized"))["sessionId"] == session
-        await _restart_redis_empty(stack, rds)
+        await restart_redis_empty(stack, rds)
         lost_ms = int(time.time() * 1000)
         await _both_beating(rds, lost_ms)
         # The finalising node put the call's end back (Redis only, Postgres is still down).

@@ -7,24 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.faults.conftest import call_across
+from tests.faults.conftest import call_across, restart_redis_empty, stop_redis
 from tests.multinode.conftest import eventually, get_json
-
-
-async def _restart_redis_empty(stack, rds) -> float:
-    """SHUTDOWN NOSAVE, then start it again with no data (the test stack has no persistence)."""
-    t0 = time.monotonic()
-    try:
-        await rds.shutdown(nosave=True)
-    except Exception:  # the connection drops as the server exits
-        pass
-    for _ in range(100):
-        if stack.pid("redis") is None:
-            break
-        await asyncio.sleep(0.05)
-    stack.up()
-    await rds.connection_pool.disconnect()
-    return t0
 
 
 async def test_redis_restart_mid_call_restores_the_call(stack, users, peers, n1, n2, db, rds, http):
@@ -36,7 +20,7 @@ async def test_redis_restart_mid_call_restores_the_call(stack, users, peers, n1,
     room = start["roomId"]
     assert await db.fetchval("SELECT count(*) FROM live_calls WHERE room_id = $1", room) == 1
 
-    t0 = await _restart_redis_empty(stack, rds)
+    t0 = await restart_redis_empty(stack, rds)
 
     async def restored() -> bool:
         return await rds.hget(f"room:{room}", "state") == "active"
@@ -90,14 +74,7 @@ async def test_redis_restart_with_persistence_mid_call_keeps_the_call(stack, use
     dump = stack.root / "redis" / "dump.rdb"
     t0 = time.monotonic()
     try:
-        try:
-            await rds.shutdown(save=True)
-        except Exception:  # the connection drops as the server exits
-            pass
-        for _ in range(100):
-            if stack.pid("redis") is None:
-                break
-            await asyncio.sleep(0.05)
+        await stop_redis(stack, rds, save=True)
         assert dump.exists()
         await asyncio.sleep(2.5)  # down for longer than the dead-node window (1.5 s): every beat is stale
         stack.up()
