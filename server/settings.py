@@ -102,6 +102,7 @@ class Settings:
     # Realtime core, crowd (issue 10): the per-node deck snapshot's freshness bounds (presence/deck.py)
     deck_max_age_seconds: float = 2.0  # changes made without a broadcast show within this
     deck_min_rebuild_seconds: float = 0.05  # a broadcast change waits at most this for its rebuild
+    deck_max_cards: int = 100  # cards per /room/queue and queue:snapshot; totalAvailable still counts all
     redis_pool_max: int = 64  # connections per node; a burst beyond waits for one (never MaxConnectionsError)
     # Realtime core, faults (issue 11)
     store_timeout_seconds: float = 10.0  # every Postgres statement and Redis command (0 = none)
