@@ -32,9 +32,11 @@ def build(bare: bool = False) -> web.Application:
     tasks: set[asyncio.Task[Any]] = set()
 
     async def greet(sid: str, uid: str) -> None:
-        while not sio.manager.is_connected(sid, "/"):
+        for _ in range(2500):  # until the CONNECT packet is out (as realtime.py binds), at most 5 s
+            if sio.manager.is_connected(sid, "/"):
+                await sio.emit("auth:success", {"userId": uid}, to=sid)
+                return
             await asyncio.sleep(0.002)
-        await sio.emit("auth:success", {"userId": uid}, to=sid)
 
     @sio.on("connect")
     async def connect(sid: str, _environ: Any, auth: Any = None) -> None:
