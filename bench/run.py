@@ -261,6 +261,10 @@ class Bench:
             if r.get("redisPerCycleByCommand"):
                 print(f"{'':<14}redis per cycle: " + ", ".join(
                     f"{k} {v}" for k, v in list(r["redisPerCycleByCommand"].items())[:8]))
+            if r.get("eventsByType"):
+                attempts = max(r["ok"] + r["failed"], 1)
+                print(f"{'':<14}events received per cycle: " + ", ".join(
+                    f"{k} {v / attempts:.0f}" for k, v in sorted(r["eventsByType"].items(), key=lambda kv: -kv[1])[:8]))
             steps = r.get("stepsMs") or {}
             if steps:
                 print(f"{'':<14}steps p50/p99 ms: " + ", ".join(
