@@ -181,7 +181,7 @@ class Deck:
         The work per request does not grow with the crowd: totalAvailable is set arithmetic on the
         snapshot's ids, and at most `deck_max_cards` cards are rendered (the client shows one card at
         a time and may open 10 per 30 s, §5). Beyond that many, the requester gets the users
-        introduced to them (direct match, D26), then a window of the snapshot that starts at a point
+        introduced to them (the direct-match auto-invite, §5), then a window of the snapshot that starts at a point
         derived from their own id: stable across refetches and joins/leaves elsewhere in the list,
         and different for each requester, so a crowd does not all call the same few people. Users on
         cooldown with the requester go after the others (they stay listed and flagged, §2.4)."""
