@@ -174,7 +174,7 @@ class Deck:
         finally:
             self._refresh = None
 
-    async def for_user(self, deps: Deps, me: str) -> tuple[list[str], int]:
+    async def for_user(self, deps: Deps, me: str, limit: int | None = None) -> tuple[list[str], int]:
         """The requester's deck as JSON-encoded cards, and totalAvailable (counted before the
         "reported by me" filter, §2.4).
 
@@ -184,14 +184,16 @@ class Deck:
         introduced to them (the direct-match auto-invite, §5), then a window of the snapshot that starts at a point
         derived from their own id: stable across refetches and joins/leaves elsewhere in the list,
         and different for each requester, so a crowd does not all call the same few people. Users on
-        cooldown with the requester go after the others (they stay listed and flagged, §2.4)."""
+        cooldown with the requester go after the others (they stay listed and flagged, §2.4). `limit`
+        (optional) asks for fewer than `deck_max_cards`, e.g. from a `?limit=` on the route."""
         snap = await self.current(deps)
         reported_by_me, reported_me, cooldowns = await store.deck_flags(deps.db, me)
         now_ms = int(time.time() * 1000)
         hidden = reported_me | {me}
         total = len(snap.ids) - len(hidden & snap.ids)  # set & iterates the smaller side
         hidden |= reported_by_me
-        limit = max(1, deps.settings.deck_max_cards)
+        cap = max(1, deps.settings.deck_max_cards)  # a caller may ask for fewer (`limit`), never more
+        limit = cap if limit is None else max(1, min(limit, cap))
         if len(snap.cards) <= limit:
             chosen = [c for c in snap.cards if c.user_id not in hidden]
         else:

@@ -82,3 +82,11 @@ async def test_reports_hide_both_ways_and_total_counts_mine(client, db, settings
         assert deck["totalAvailable"] == 4  # everyone but me and who reported me; mine still counts (§2.4)
         assert not ids & {me["userId"], mine["userId"], theirs["userId"]}
         assert len(ids) == min(cap, len(rest))
+
+
+async def test_a_caller_may_ask_for_fewer_cards_never_more(client, db):
+    me, *_ = await _crowd(client, db, 6)
+    deps = client.app[DEPS]
+    for asked, got in ((1, 1), (CAP, CAP), (50, CAP)):
+        cards, total = await deps.deck.for_user(deps, me["userId"], limit=asked)
+        assert (len(cards), total) == (got, 5)
