@@ -28,7 +28,7 @@ bench:  ## measurements that print numbers against an in-run baseline (not part 
 
 lint:
 	@deploy/bootstrap.sh test
-	$(VENV)/bin/ruff check server tests
+	$(VENV)/bin/ruff check server tests bench
 	$(VENV)/bin/mypy server
 
 stack-down:  ## stop services left running by `python -m server stack up`

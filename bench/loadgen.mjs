@@ -20,6 +20,8 @@ const ICE = spec.ice ?? 10;
 const CYCLE_TIMEOUT_MS = spec.cycleTimeoutMs ?? 20000;
 const now = () => performance.now();
 
+const EVENTS = {}; // event name -> received by all clients (which broadcasts dominate a cycle)
+
 class Client {
   constructor(user, url) {
     this.user = user;
@@ -31,7 +33,7 @@ class Client {
     return new Promise((resolve, reject) => {
       this.s = io(this.url, { transports: ["websocket"], auth: { token: this.user.token }, reconnection: false,
                               timeout: 60000, forceNew: true });
-      this.s.onAny((ev, data) => { this.events++; this.dispatch(ev, data); });
+      this.s.onAny((ev, data) => { this.events++; EVENTS[ev] = (EVENTS[ev] || 0) + 1; this.dispatch(ev, data); });
       this.s.on("connect_error", (e) => reject(e));
       if (spec.waitAuth === false) this.s.on("connect", resolve);
       else this.once("auth:success", null, 60000).then(resolve, reject);
@@ -268,6 +270,7 @@ out.connectSeconds = connectSeconds;
 out.generatorCpuSeconds = (cpu.user + cpu.system) / 1e6;
 out.generatorCpuShare = out.generatorCpuSeconds / wall; // of one core
 out.events = clients.reduce((s, c) => s + c.events, 0);
+out.eventsByType = EVENTS;
 out.stepsMs = Object.fromEntries(Object.entries(STEPS).map(([k, v]) => [k, summary(v)]));
 for (const c of clients) c.close();
 process.stdout.write(JSON.stringify(out) + "\n");

@@ -14,20 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from server.settings import Settings  # noqa: E402
-from server.stack import Stack, free_port  # noqa: E402
+from throwaway import Throwaway
 
 MB = 1024 * 1024
 WEBM_HEAD = bytes.fromhex("1a45dfa39f4286810142f7810142f2810442f381084282847765626d4287810442858102")
@@ -58,22 +53,6 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         assert self._task is not None
         self._task.cancel()
-
-
-async def wait_ready(base: str, proc: subprocess.Popen[bytes], limit_s: float = 30) -> None:
-    deadline = time.monotonic() + limit_s
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
-            try:
-                async with http.get(f"{base}/ready") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("server did not become ready")
 
 
 async def upload(http: aiohttp.ClientSession, base: str, token: str, data: bytes) -> tuple[int, float]:
@@ -128,35 +107,10 @@ def main() -> None:
     parser.add_argument("--uploads", type=int, default=5)
     parser.add_argument("--mb", type=int, default=50)
     args = parser.parse_args()
-
-    root = Path(tempfile.mkdtemp(prefix="napalm-bench-"))
-    base_port = 23000 + (os.getpid() % 20) * 200
-    stack = Stack(root=root, ports={n: free_port() for n in ("postgres", "redis", "s3", "turn")}, durable=False,
-                  relay_ports=(base_port, base_port + 199))
-    server: subprocess.Popen[bytes] | None = None
-    try:
-        stack.up()
-        env = {**os.environ, **stack.env(), "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
-        settings = Settings.from_env(env)
-        from server.__main__ import _prepare, ensure_bucket
-
-        asyncio.run(_prepare(settings))
-        ensure_bucket(settings)
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "server", "serve", "--port", str(port)], cwd=REPO, env=env,
-                                  stdout=open(root / "server.log", "wb"), stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        asyncio.run(wait_ready(base, server))
-        asyncio.run(bench(base, server.pid, args.uploads, args.mb * MB))
-    finally:
-        if server is not None and server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-        stack.down()
-        shutil.rmtree(root, ignore_errors=True)
+    with Throwaway(relay_base=23000) as t:
+        t.serve()
+        assert t.server is not None
+        asyncio.run(bench(t.base, t.server.pid, args.uploads, args.mb * MB))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The null server for `make bench`: a minimal in-memory python-socketio server doing the same event
-choreography as ours with no checks and no storage. Its numbers are the floor of this stack (aiohttp +
+choreography as ours (queue:update on join, leave and call start) with no checks and no storage, and
+like ours without permessage-deflate. Its numbers are the floor of this stack (aiohttp +
 python-socketio + the generator) on this machine. The handshake token is taken as the user id.
 
   python bench/null_server.py PORT [--bare]
@@ -16,10 +17,25 @@ from typing import Any
 
 import socketio
 from aiohttp import web
+from engineio.async_drivers import aiohttp as eio_aiohttp
+
+
+class _PlainWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
+    """Engine.IO's websocket without permessage-deflate, as ours runs (server/realtime.py): with the
+    per-frame compression of aiohttp's default the floor would not be a floor."""
+
+    async def __call__(self, environ: dict[str, Any]) -> Any:
+        self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
+        await self._sock.prepare(environ["aiohttp.request"])
+        self.environ = environ
+        await self.handler(self)
+        return self._sock
 
 
 def build(bare: bool = False) -> web.Application:
     sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins="*", async_handlers=False)
+    if not bare:  # the bare memory baseline keeps python-socketio's defaults (deflate included)
+        sio.eio._async = {**sio.eio._async, "websocket": _PlainWebSocket}
     app = web.Application()
     sio.attach(app)
     if bare:
@@ -32,9 +48,11 @@ def build(bare: bool = False) -> web.Application:
     tasks: set[asyncio.Task[Any]] = set()
 
     async def greet(sid: str, uid: str) -> None:
-        while not sio.manager.is_connected(sid, "/"):
+        for _ in range(2500):  # until the CONNECT packet is out (as realtime.py binds), at most 5 s
+            if sio.manager.is_connected(sid, "/"):
+                await sio.emit("auth:success", {"userId": uid}, to=sid)
+                return
             await asyncio.sleep(0.002)
-        await sio.emit("auth:success", {"userId": uid}, to=sid)
 
     @sio.on("connect")
     async def connect(sid: str, _environ: Any, auth: Any = None) -> None:
@@ -52,6 +70,8 @@ def build(bare: bool = False) -> web.Application:
             sid_of.pop(uid, None)
             available.discard(uid)
 
+    # queue:update to the queue room on every real change of availability: join, leave, call start
+    # (PROTOCOL.md §3: join/leave/start/end; ours and this one both leave the end to the clients' join).
     @sio.on("queue:join")
     async def queue_join(sid: str, *_: Any) -> None:
         available.add(user_of[sid])
@@ -60,8 +80,10 @@ def build(bare: bool = False) -> web.Application:
 
     @sio.on("queue:leave")
     async def queue_leave(sid: str, *_: Any) -> None:
-        available.discard(user_of[sid])
         await sio.leave_room(sid, "queue")
+        if user_of[sid] in available:
+            available.discard(user_of[sid])
+            await sio.emit("queue:update", {"userId": user_of[sid], "available": False}, to="queue")
 
     @sio.on("call:invite")
     async def invite(sid: str, d: dict[str, Any]) -> None:
@@ -85,6 +107,8 @@ def build(bare: bool = False) -> web.Application:
         for uid, peer, init in ((a, b, True), (b, a, False)):
             await sio.emit("call:start", {"roomId": room, "agreedSeconds": 300, "isInitiator": init,
                                           "peerUser": {"userId": peer, "name": "x"}}, to=sid_of[uid])
+        for uid in (a, b):
+            await sio.emit("queue:update", {"userId": uid, "available": False}, to="queue")
 
     @sio.on("room:join")
     async def room_join(sid: str, d: dict[str, Any]) -> None:

@@ -52,10 +52,12 @@ BENCH_ENV = {
     "LOG_LEVEL": "WARNING",
     "LOG_FORMAT": "json",
     # A lone node stops publishing once no other node was seen for this window (+2 beats): the runs
-    # start after it (SETTLE_S), so 1-node numbers are the steady state, not the start-up window.
-    "NODE_DEAD_AFTER_SECONDS": "3",
+    # start after it (SETTLE_S), so 1-node numbers are the steady state, not the start-up window. The
+    # default (6 s), not less: a node whose loop is saturated by a crowd's fan-out beats late, and with
+    # 3 s the other node reaped its live sockets mid-run (1,000 users, 2 nodes: node_reaped, 500 sockets).
+    "NODE_DEAD_AFTER_SECONDS": "6",
 }
-SETTLE_S = 5.5
+SETTLE_S = 8.5
 
 
 def _rss_kb(pid: int) -> int:
@@ -119,9 +121,9 @@ class Bench:
         self.stack.down()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def nodes(self, count: int) -> list[Node]:
+    def nodes(self, count: int, env: dict[str, str] | None = None) -> list[Node]:
         tag = uuid.uuid4().hex[:6]
-        nodes = [Node(f"bench-{tag}-{i + 1}", self.env).start() for i in range(count)]
+        nodes = [Node(f"bench-{tag}-{i + 1}", {**self.env, **(env or {})}).start() for i in range(count)]
         time.sleep(SETTLE_S)
         return nodes
 
@@ -228,8 +230,9 @@ class Bench:
                     await asyncio.sleep(1.5)
                     c1 = await self.counters()
                     if res["ok"]:
-                        res["redisCommandsPerCycle"] = round((c1["redis_commands"] - c0["redis_commands"]) / res["ok"], 1)
-                        res["pgTransactionsPerCycle"] = round((c1["pg_transactions"] - c0["pg_transactions"]) / res["ok"], 1)
+                        ok = res["ok"]
+                        res["redisCommandsPerCycle"] = round((c1["redis_commands"] - c0["redis_commands"]) / ok, 1)
+                        res["pgTransactionsPerCycle"] = round((c1["pg_transactions"] - c0["pg_transactions"]) / ok, 1)
                         before: dict[str, int] = c0["per_cmd"]  # type: ignore[assignment]
                         res["redisPerCycleByCommand"] = dict(sorted(
                             ((k, round((v - before.get(k, 0)) / res["ok"], 1)) for k, v in c1["per_cmd"].items()  # type: ignore[attr-defined]
@@ -252,13 +255,18 @@ class Bench:
             ratio = r["cyclesPerSecond"] / null["cyclesPerSecond"] if null.get("cyclesPerSecond") else float("nan")
             print(f"{key.split('/')[0]:<14}{r['cyclesPerSecond']:>10.1f}{r['cycleMs']['p50'] or 0:>9.1f}"
                   f"{r['cycleMs']['p99'] or 0:>9.1f}{r['setupMs']['p99'] or 0:>10.1f}{r['failed']:>8}"
-                  f"{ratio:>9.2f}{r['generatorCpuShare']:>9.2f}{1000 * r.get('serverCpuSeconds', 0) / max(r['ok'], 1):>11.1f}"
+                  f"{ratio:>9.2f}{r['generatorCpuShare']:>9.2f}"
+                  f"{1000 * r.get('serverCpuSeconds', 0) / max(r['ok'], 1):>11.1f}"
                   f"{r.get('redisCommandsPerCycle', ''):>10}{r.get('pgTransactionsPerCycle', ''):>10}")
             if r["failReasons"]:
                 print(f"{'':<14}failures: {r['failReasons']}")
             if r.get("redisPerCycleByCommand"):
                 print(f"{'':<14}redis per cycle: " + ", ".join(
                     f"{k} {v}" for k, v in list(r["redisPerCycleByCommand"].items())[:8]))
+            if r.get("eventsByType"):
+                attempts = max(r["ok"] + r["failed"], 1)
+                print(f"{'':<14}events received per cycle: " + ", ".join(
+                    f"{k} {v / attempts:.0f}" for k, v in sorted(r["eventsByType"].items(), key=lambda kv: -kv[1])[:8]))
             steps = r.get("stepsMs") or {}
             if steps:
                 print(f"{'':<14}steps p50/p99 ms: " + ", ".join(
@@ -288,9 +296,11 @@ class Bench:
         finally:
             nodes[0].stop()
         print(f"\n== open loop: Poisson arrivals at {rate}/s (half the 1-node closed-loop rate), {n} users")
-        print(f"{'server':<14}{'done':>7}{'failed':>8}{'setup p50':>11}{'setup p99':>11}{'cycle p99':>11}{'gen CPU':>9}")
+        print(f"{'server':<14}{'done':>7}{'failed':>8}{'setup p50':>11}{'setup p99':>11}{'cycle p99':>11}"
+              f"{'gen CPU':>9}")
         for key, r in results.items():
-            print(f"{key:<14}{r['ok']:>7}{r['failed']:>8}{r['setupMs']['p50'] or 0:>11.1f}{r['setupMs']['p99'] or 0:>11.1f}"
+            print(f"{key:<14}{r['ok']:>7}{r['failed']:>8}{r['setupMs']['p50'] or 0:>11.1f}"
+                  f"{r['setupMs']['p99'] or 0:>11.1f}"
                   f"{r['cycleMs']['p99'] or 0:>11.1f}{r['generatorCpuShare']:>9.2f}")
         self.out["runs"]["open"] = {"rate": rate, **results}
 
@@ -345,49 +355,77 @@ class Bench:
         finally:
             nodes[0].stop()
         ratio = results["ours"]["perSecond"] / results["bare"]["perSecond"]
-        print(f"\n== rtc:ice relay between two members: ours {results['ours']['perSecond']:.0f}/s, bare python-socketio "
-              f"{results['bare']['perSecond']:.0f}/s (x{ratio:.2f})")
+        print(f"\n== rtc:ice relay between two members: ours {results['ours']['perSecond']:.0f}/s, "
+              f"bare python-socketio {results['bare']['perSecond']:.0f}/s (x{ratio:.2f})")
         self.out["runs"]["relay"] = results
 
     async def deck(self) -> None:
         """GET /room/queue with N users online and available. The crowd is put into Redis's presence sets
-        directly (bench shortcut: the route's cost does not depend on how they got there)."""
+        directly (bench shortcut: the route's cost does not depend on how they got there). With --deck-ab
+        each crowd is measured a second time on a node without the HTTP session cache."""
         assert self.settings
-        results = {}
-        for n in [int(x) for x in self.args.deck.split(",")]:
+        results: dict[str, Any] = {}
+        axis = [int(x) for x in self.args.deck.split(",")]
+        variants = {"": {}, "-no-session-cache": {"HTTP_SESSION_CACHE_SECONDS": "0"}} if self.args.deck_ab else {"": {}}
+        for n in axis:
             users = await self.make_users(n, f"d{n}-")
             r = aioredis.from_url(self.settings.redis_url)
-            nodes = self.nodes(1)
             try:
                 ids = [u["userId"] for u in users]
                 for i in range(0, n, 1000):
                     await r.sadd("available", *ids[i:i + 1000])
                     await r.sadd("online", *ids[i:i + 1000])
-                lat: list[float] = []
-                async with aiohttp.ClientSession() as http:
-                    async def one(u: dict[str, str]) -> None:
-                        t = time.perf_counter()
-                        async with http.get(f"{nodes[0].url}/room/queue",
-                                            headers={"Authorization": f"Bearer {u['token']}"}) as resp:
-                            body = await resp.json()
-                            assert resp.status == 200 and body["totalAvailable"] >= n - 1, (resp.status, body)
-                        lat.append((time.perf_counter() - t) * 1000)
-
-                    for u in users[:20]:  # warm-up
-                        await one(u)
-                    lat.clear()
-                    for i in range(self.args.deck_requests):
-                        await one(users[i % n])
-                s = sorted(lat)
-                results[str(n)] = {"p50": statistics.median(s), "p99": s[int(0.99 * (len(s) - 1))], "n": len(s)}
-                print(f"\n== /room/queue with {n} online: p50 {results[str(n)]['p50']:.1f} ms, "
-                      f"p99 {results[str(n)]['p99']:.1f} ms (sequential requests, n={len(s)})")
+                for tag, env in variants.items():
+                    profile = self.args.profile and n == max(axis) and not tag
+                    res = await self._deck_run(users, env, profile)
+                    results[f"{n}{tag}"] = res
+                    print(f"\n== /room/queue with {n} online{tag.replace('-', ' ')}: p50 {res['p50']:.1f} ms, "
+                          f"p99 {res['p99']:.1f} ms, {res['cards']} cards ({res['kb']:.0f} KB) per response, "
+                          f"{res['pgTxPerRequest']:.2f} Postgres tx/request (sequential requests, n={res['n']})")
+                    for line in res.pop("profileTop", [])[:15]:
+                        print(f"    {line}")
             finally:
                 await r.srem("available", *[u["userId"] for u in users])
                 await r.srem("online", *[u["userId"] for u in users])
                 await r.aclose()
-                nodes[0].stop()
         self.out["runs"]["deck"] = results
+
+    async def _deck_run(self, users: list[dict[str, str]], env: dict[str, str], profile: bool) -> dict[str, Any]:
+        n = len(users)
+        nodes = self.nodes(1, env)
+        url = f"{nodes[0].url}/room/queue"
+        lat: list[float] = []
+        shape: dict[str, Any] = {}
+        try:
+            async with aiohttp.ClientSession() as http:
+                async def one(u: dict[str, str]) -> float:
+                    t = time.perf_counter()
+                    async with http.get(url, headers={"Authorization": f"Bearer {u['token']}"}) as resp:
+                        raw = await resp.read()
+                        body = json.loads(raw)
+                        assert resp.status == 200 and body["totalAvailable"] >= n - 1, (resp.status, body)
+                    shape.update(cards=len(body["users"]), kb=len(raw) / 1024)
+                    return (time.perf_counter() - t) * 1000
+
+                # 100 requesters, each asking again and again (as clients poll their deck); the warm-up
+                # reads every one of them once (and slides their fresh sessions: a write each).
+                requesters = users[:100]
+                for u in requesters:
+                    await one(u)
+                await asyncio.sleep(11)  # the warm-up's counts published (see below)
+                c0 = await self.counters()
+                prof = self.profile_start(nodes[0]) if profile else None
+                for i in range(self.args.deck_requests):
+                    lat.append(await one(requesters[i % len(requesters)]))
+                top = self.profile_stop(prof) if prof is not None else []
+                # Postgres backends publish their counts when idle for 10 s (PG 15's stats interval).
+                await asyncio.sleep(11)
+                c1 = await self.counters()
+        finally:
+            nodes[0].stop()
+        s = sorted(lat)
+        return {"p50": statistics.median(s), "p99": s[int(0.99 * (len(s) - 1))], "n": len(s), **shape,
+                "pgTxPerRequest": (c1["pg_transactions"] - c0["pg_transactions"]) / len(s), "profileTop": top}
 
     # ---- profile
     def profile_start(self, node: Node) -> tuple[subprocess.Popen[bytes], Path]:
@@ -439,9 +477,11 @@ def main() -> None:
     ap.add_argument("--memory", default="2000,5000,10000")
     ap.add_argument("--deck", default="1000,5000")
     ap.add_argument("--deck-requests", type=int, default=300)
+    ap.add_argument("--deck-ab", action="store_true", help="also measure the deck without the HTTP session cache")
     ap.add_argument("--open-seconds", type=float, default=15)
     ap.add_argument("--relay-seconds", type=float, default=5)
-    ap.add_argument("--profile", action="store_true", help="py-spy the 1-node run at the largest user count")
+    ap.add_argument("--profile", action="store_true",
+                    help="py-spy the 1-node run at the largest user count, and the deck at its largest crowd")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
     b = Bench(args)

@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,15 +26,12 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from media_upload_memory import wait_ready  # noqa: E402
+from throwaway import Throwaway
 
-from server.payments.emulator import EmulatorProcess  # noqa: E402
-from server.settings import Settings  # noqa: E402
-from server.stack import Stack, free_port  # noqa: E402
+from server.payments.emulator import EmulatorProcess
+from server.stack import free_port
 
 
 def pct(values: list[float], q: float) -> float:
@@ -114,42 +107,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=200)
     args = parser.parse_args()
-
-    root = Path(tempfile.mkdtemp(prefix="napalm-bench-"))
-    base_port = 24000 + (os.getpid() % 20) * 200
-    stack = Stack(root=root, ports={n: free_port() for n in ("postgres", "redis", "s3", "turn")}, durable=False,
-                  relay_ports=(base_port, base_port + 199))
-    server: subprocess.Popen[bytes] | None = None
     emulator: EmulatorProcess | None = None
-    try:
-        stack.up()
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        emulator = EmulatorProcess(free_port(), "sk_test_bench", "whsec_bench", [], root / "emulator.log").start()
-        env = {**os.environ, **stack.env(), "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
-               "REQUIRE_PAYMENT": "true", "STRIPE_SECRET_KEY": "sk_test_bench", "STRIPE_WEBHOOK_SECRET": "whsec_bench",
-               "STRIPE_API_BASE": emulator.url, "FRONTEND_URL": base, "PUBLIC_URL": base,
-               "GUEST_SIGNUPS_PER_IP_PER_HOUR": "100000", "PAYMENT_RECONCILE_INTERVAL_SECONDS": "0"}
-        settings = Settings.from_env(env)
-        from server.__main__ import _prepare, ensure_bucket
-
-        asyncio.run(_prepare(settings))
-        ensure_bucket(settings)
-        server = subprocess.Popen([sys.executable, "-m", "server", "serve", "--port", str(port)], cwd=REPO, env=env,
-                                  stdout=open(root / "server.log", "wb"), stderr=subprocess.STDOUT)
-        asyncio.run(wait_ready(base, server))
-        asyncio.run(bench(base, emulator.url, settings.database_url, args.n))
-    finally:
-        if server is not None and server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-        if emulator is not None:
-            emulator.stop()
-        stack.down()
-        shutil.rmtree(root, ignore_errors=True)
+    with Throwaway(relay_base=24000) as t:
+        try:
+            emulator = EmulatorProcess(free_port(), "sk_test_bench", "whsec_bench", [], t.root / "emulator.log").start()
+            t.serve(REQUIRE_PAYMENT="true", STRIPE_SECRET_KEY="sk_test_bench", STRIPE_WEBHOOK_SECRET="whsec_bench",
+                    STRIPE_API_BASE=emulator.url, FRONTEND_URL=t.base, PUBLIC_URL=t.base,
+                    GUEST_SIGNUPS_PER_IP_PER_HOUR="100000", PAYMENT_RECONCILE_INTERVAL_SECONDS="0")
+            assert t.settings is not None
+            asyncio.run(bench(t.base, emulator.url, t.settings.database_url, args.n))
+        finally:
+            if emulator is not None:
+                emulator.stop()
 
 
 if __name__ == "__main__":

@@ -102,6 +102,7 @@ class Settings:
     # Realtime core, crowd (issue 10): the per-node deck snapshot's freshness bounds (presence/deck.py)
     deck_max_age_seconds: float = 2.0  # changes made without a broadcast show within this
     deck_min_rebuild_seconds: float = 0.05  # a broadcast change waits at most this for its rebuild
+    deck_max_cards: int = 100  # cards per /room/queue and queue:snapshot; totalAvailable still counts all
     redis_pool_max: int = 64  # connections per node; a burst beyond waits for one (never MaxConnectionsError)
     # Realtime core, faults (issue 11)
     store_timeout_seconds: float = 10.0  # every Postgres statement and Redis command (0 = none)
@@ -151,6 +152,7 @@ class Settings:
     max_sockets_per_user: int = 10  # authenticated sockets of one user per node (tabs, devices)
     session_recheck_seconds: float = 30.0  # a socket's session is re-read at most this stale (expiry, revocation)
     session_cache_seconds: float = 5.0  # a node trusts a session it read this long (socket connect and `auth`)
+    http_session_cache_seconds: float = 5.0  # the same for HTTP requests (0 = read Postgres every request)
     bad_frame_logs_per_minute: int = 10  # malformed Engine.IO/Socket.IO input logged per node; the rest counted
 
     # Ops

@@ -24,10 +24,14 @@ async def permanent(client: Any, email: str, password: str = "correct horse", na
 
 
 async def grant_access(client: Any, user: dict[str, Any]) -> dict[str, Any]:
-    """Give a test user access (as a payment would), in the test app's own database."""
+    """Give a test user access (as a payment would), in the test app's own database, and signal the
+    change as a payment does (nodes drop the sessions and rights they cached)."""
     from uuid import UUID
 
+    from server.accounts import access
     from server.deps import DEPS
 
-    await client.app[DEPS].db.execute("UPDATE users SET paid_status = 'paid' WHERE id = $1", UUID(user["userId"]))
+    deps = client.app[DEPS]
+    await deps.db.execute("UPDATE users SET paid_status = 'paid' WHERE id = $1", UUID(user["userId"]))
+    await access.changed(deps, user["userId"], "paid")
     return user

@@ -1,11 +1,16 @@
-"""Session tokens and the one authentication function used by HTTP routes and Socket.IO alike."""
+"""Session tokens and the one authentication function used by HTTP routes and Socket.IO alike, and
+the per-node cache of validated sessions that HTTP routes read (`require_user`)."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import time
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -103,9 +108,133 @@ async def _slide(deps: Deps, row: asyncpg.Record) -> datetime:
 
 
 async def require_user(request: web.Request, *, allow_banned: bool = False) -> Principal:
-    principal = await authenticate(deps_of(request), bearer_token(request), allow_banned=allow_banned)
+    deps = deps_of(request)
+    token = bearer_token(request)
+    cache = session_cache(deps)
+    if cache is None or not token or len(token) > 256:
+        principal = await authenticate(deps, token, allow_banned=allow_banned)
+    else:
+        principal = await cache.authenticate(deps, hash_token(token))
+        if principal.banned and not allow_banned:
+            raise suspended()
     request[USER_ID] = principal.user_id
     return principal
+
+
+# ---- the per-node HTTP session cache (issue 10 §5)
+
+SESSION_CACHE_MAX = 50_000  # entries per node; the oldest goes first beyond it
+
+
+class SessionCache:
+    """Validated sessions of this node, by token hash, trusted for `ttl` seconds: an authenticated
+    HTTP request costs no Postgres round trip while its session is cached.
+
+    Dropped on every node, before the change's HTTP response is sent, through the control messages
+    that already carry these changes (server/fanout.py): "sessions" (`revoked()`: logout, a newer
+    login) by session id, and "access" (`access.changed()`: ban, unban, payment, refund, deletion) by
+    user. A read that overlapped a drop is not cached (it may predate the change). An expired
+    session is never served from the cache; a change with no signal (a CLI role change) shows
+    within `ttl`."""
+
+    def __init__(self, ttl_s: float, max_entries: int = SESSION_CACHE_MAX) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.entries: dict[bytes, tuple[float, Principal]] = {}
+        self.by_user: dict[str, set[bytes]] = {}
+        self.by_session: dict[str, set[bytes]] = {}
+        self.generation = 0  # bumped by every drop
+        self.hits = 0
+        self.misses = 0
+
+    async def authenticate(self, deps: Deps, key: bytes) -> Principal:
+        """`authenticate_hash(allow_banned=True)` through the cache (the caller applies the ban)."""
+        hit = self.entries.get(key)
+        now = time.monotonic()
+        if hit is not None:
+            read_at, principal = hit
+            if now - read_at < self.ttl_s and principal.expires_at.timestamp() > time.time():
+                self.hits += 1
+                return principal
+            self._drop(key)
+        self.misses += 1
+        generation = self.generation
+        principal = await authenticate_hash(deps, key, allow_banned=True)
+        if generation == self.generation:
+            self._put(key, now, principal)
+        return principal
+
+    def _put(self, key: bytes, now: float, principal: Principal) -> None:
+        self._drop(key)
+        while len(self.entries) >= self.max_entries:
+            self._drop(next(iter(self.entries)))  # insertion order: the oldest read
+        self.entries[key] = (now, principal)
+        self.by_user.setdefault(str(principal.user_id), set()).add(key)
+        self.by_session.setdefault(str(principal.session_id), set()).add(key)
+
+    def _drop(self, key: bytes) -> None:
+        entry = self.entries.pop(key, None)
+        if entry is None:
+            return
+        for index, name in ((self.by_user, str(entry[1].user_id)), (self.by_session, str(entry[1].session_id))):
+            keys = index.get(name)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del index[name]
+
+    def forget_user(self, user_id: str) -> None:
+        self.generation += 1
+        for key in list(self.by_user.get(user_id, ())):
+            self._drop(key)
+
+    def forget_sessions(self, session_ids: list[str]) -> None:
+        self.generation += 1
+        for sid in session_ids:
+            for key in list(self.by_session.get(str(sid), ())):
+                self._drop(key)
+
+    # Control messages of fanout.NodeManager: one handler per kind, and the realtime core registers
+    # its own for these two kinds. Ours runs first, then theirs (chained, not replaced).
+    def on_access(self, msg: dict[str, Any]) -> None:
+        self.forget_user(str(msg.get("user", "")))
+
+    def on_sessions(self, msg: dict[str, Any]) -> None:
+        ids = msg.get("ids")
+        self.forget_sessions([str(i) for i in ids] if isinstance(ids, list) else [])
+
+    def hook(self, controls: dict[str, Any]) -> None:
+        for kind, mine in (("access", self.on_access), ("sessions", self.on_sessions)):
+            current = controls.get(kind)
+            if getattr(current, "session_cache", None) is not self:
+                controls[kind] = _chained(self, mine, current)
+
+
+def _chained(cache: SessionCache, mine: Callable[[dict[str, Any]], None], then: Any) -> Any:
+    def handler(msg: dict[str, Any]) -> Any:
+        mine(msg)
+        return then(msg) if then is not None else None
+
+    handler.session_cache = cache  # type: ignore[attr-defined]
+    return handler
+
+
+_caches: weakref.WeakKeyDictionary[Any, SessionCache] = weakref.WeakKeyDictionary()
+
+
+def session_cache(deps: Deps) -> SessionCache | None:
+    """This node's HTTP session cache; None when it is off or nothing could invalidate it (no
+    control-message channel: a CLI process, or a test app without a node manager)."""
+    ttl = deps.settings.http_session_cache_seconds
+    manager = getattr(deps.sio, "manager", None)
+    controls = getattr(manager, "controls", None)
+    if ttl <= 0 or not isinstance(controls, dict):
+        return None
+    cache = _caches.get(manager)
+    if cache is None:
+        cache = _caches[manager] = SessionCache(ttl)
+    cache.hook(controls)  # cheap when in place; also survives a later re-registration of the kind
+    return cache
 
 
 async def start_session(conn: asyncpg.Connection | asyncpg.Pool, user_id: UUID, kind: str, days: int,

@@ -4,8 +4,10 @@ per-node cache of user cards the realtime core reads instead of Postgres.
 Cost does not grow with the crowd per request: each node keeps one snapshot of the listable users
 (their cards already JSON-encoded, signed URLs included) and rebuilds it at most once per
 `deck_min_rebuild_seconds` after a change it has seen (every queue/presence change is broadcast, so
-every node sees it), and at least every `deck_max_age_seconds`. A request then costs one small
-Postgres query (the requester's own reports and cooldowns) and a string join.
+every node sees it), and at least every `deck_max_age_seconds` (in the background once the snapshot is
+past half that age, so a steady flow of requests never waits for it). A request then costs one small
+Postgres query (the requester's own reports and cooldowns), set arithmetic for the total, and at most
+`deck_max_cards` cards joined (see `Deck.for_user` for which ones when more are listed).
 
 Freshness bound: a request made after a node has seen a change waits for the rebuild that includes it
 (at most the minimum rebuild interval); changes made without a broadcast show within the maximum
@@ -17,10 +19,16 @@ their profile while already in the queue stayed unlisted on a node for up to CAR
 from __future__ import annotations
 
 import asyncio
+import bisect
+import hashlib
 import json
+import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+import structlog
 
 from server.accounts.access import has_access
 from server.accounts.profile import card
@@ -28,6 +36,8 @@ from server.accounts.sessions import BANNED_STATUSES
 from server.calls import store
 from server.deps import Deps
 from server.presence import state
+
+log = structlog.get_logger(__name__)
 
 CARD_TTL_S = 30.0
 CARD_MAX = 100_000
@@ -45,8 +55,23 @@ class Card:
 
 @dataclass
 class Snapshot:
+    """The listable users of one rebuild, in user id order, with what per-request filtering needs
+    precomputed: their ids as a set (totals by set operations) and who was introduced to whom."""
+
     at: float = 0.0
     cards: list[Card] = field(default_factory=list)
+    ids: frozenset[str] = frozenset()
+    order: list[str] = field(default_factory=list)  # cards' user ids, sorted (bisect for a window)
+    introduced: dict[str, list[Card]] = field(default_factory=dict)  # introduced_to -> their cards
+
+    @classmethod
+    def of(cls, at: float, cards: list[Card]) -> Snapshot:
+        introduced: dict[str, list[Card]] = {}
+        for c in cards:
+            to = c.fields["introduced_to"]
+            if to is not None:
+                introduced.setdefault(str(to), []).append(c)
+        return cls(at, cards, frozenset(c.user_id for c in cards), [c.user_id for c in cards], introduced)
 
 
 class Deck:
@@ -59,6 +84,7 @@ class Deck:
         self.changed_at = 0.0
         self.forgets = 0  # bumped by forget(): a read that overlapped one must not be cached
         self._lock = asyncio.Lock()
+        self._refresh: asyncio.Task[None] | None = None
 
     # ---- cards
     async def cards_of(self, deps: Deps, ids: list[str]) -> dict[str, Card]:
@@ -80,7 +106,9 @@ class Deck:
                 self.cards.clear()
             for uid, row in rows.items():
                 public = card(deps, row)
-                c = out[uid] = Card(uid, row, public, json.dumps(public)[:-1], now + CARD_TTL_S)
+                # Jittered: cards read together (a crowd's first rebuild) do not all expire in one rebuild.
+                c = out[uid] = Card(uid, row, public, json.dumps(public)[:-1],
+                                    now + CARD_TTL_S * (0.75 + random.random() / 2))
                 if keep:
                     self.cards[uid] = c
         return out
@@ -111,7 +139,12 @@ class Deck:
     # ---- the snapshot
     async def current(self, deps: Deps) -> Snapshot:
         now = time.monotonic()
-        if not self.dirty and now - self.snapshot.at < self.max_age_s:
+        age = now - self.snapshot.at
+        if not self.dirty and age < self.max_age_s:
+            if age >= self.max_age_s / 2 and self._refresh is None:
+                # Past half its age and nothing changed: rebuild behind this request, so under a
+                # steady flow of requests none of them waits for a max-age rebuild.
+                self._refresh = asyncio.create_task(self._refresh_in_background(deps))
             return self.snapshot
         async with self._lock:  # concurrent requests share one rebuild
             now = time.monotonic()
@@ -120,37 +153,93 @@ class Deck:
             wait = self.snapshot.at + self.min_rebuild_s - now
             if wait > 0:
                 await asyncio.sleep(wait)
-            started = time.monotonic()
-            self.dirty = False
-            ids = sorted(await state.available_users(deps.redis))
-            cards = await self.cards_of(deps, ids)
-            listed = [c for uid in ids if (c := cards.get(uid)) is not None and _listable(deps, c.fields)]
-            self.snapshot = Snapshot(started, listed)
-            return self.snapshot
+            return await self._rebuild(deps)
 
-    async def for_user(self, deps: Deps, me: str) -> tuple[list[str], int]:
+    async def _rebuild(self, deps: Deps) -> Snapshot:
+        started = time.monotonic()
+        self.dirty = False
+        ids = sorted(await state.available_users(deps.redis))
+        cards = await self.cards_of(deps, ids)
+        listed = [c for uid in ids if (c := cards.get(uid)) is not None and _listable(deps, c.fields)]
+        self.snapshot = Snapshot.of(started, listed)
+        return self.snapshot
+
+    async def _refresh_in_background(self, deps: Deps) -> None:
+        try:
+            async with self._lock:
+                if time.monotonic() - self.snapshot.at >= self.max_age_s / 2 or self.dirty:
+                    await self._rebuild(deps)
+        except Exception as exc:  # the next request rebuilds in line (and sees the error itself)
+            log.warning("deck_refresh_failed", error=repr(exc))
+        finally:
+            self._refresh = None
+
+    async def for_user(self, deps: Deps, me: str, limit: int | None = None) -> tuple[list[str], int]:
         """The requester's deck as JSON-encoded cards, and totalAvailable (counted before the
-        "reported by me" filter, §2.4)."""
+        "reported by me" filter, §2.4).
+
+        The work per request does not grow with the crowd: totalAvailable is set arithmetic on the
+        snapshot's ids, and at most `deck_max_cards` cards are rendered (the client shows one card at
+        a time and may open 10 per 30 s, §5). Beyond that many, the requester gets the users
+        introduced to them (the direct-match auto-invite, §5), then a window of the snapshot that starts at a point
+        derived from their own id: stable across refetches and joins/leaves elsewhere in the list,
+        and different for each requester, so a crowd does not all call the same few people. Users on
+        cooldown with the requester go after the others (they stay listed and flagged, §2.4). `limit`
+        (optional) asks for fewer than `deck_max_cards`, e.g. from a `?limit=` on the route."""
         snap = await self.current(deps)
         reported_by_me, reported_me, cooldowns = await store.deck_flags(deps.db, me)
         now_ms = int(time.time() * 1000)
-        total = 0
-        out = []
-        for c in snap.cards:
-            uid = c.user_id
-            if uid == me or uid in reported_me:
-                continue
-            total += 1
-            if uid in reported_by_me:
-                continue
-            expiry = cooldowns.get(uid)
-            cooled = expiry is not None and expiry > now_ms
-            introduced = c.fields["introduced_to"] is not None and str(c.fields["introduced_to"]) == me
-            out.append(f'{c.prefix},"hasCooldown":{"true" if cooled else "false"},'
-                       f'"cooldownExpiry":{expiry if cooled else "null"},'
-                       f'"wasIntroducedToMe":{"true" if introduced else "false"},'
-                       f'"introducedBy":{json.dumps(c.fields["introduced_by_name"]) if introduced else "null"}}}')
-        return out, total
+        hidden = reported_me | {me}
+        total = len(snap.ids) - len(hidden & snap.ids)  # set & iterates the smaller side
+        hidden |= reported_by_me
+        cap = max(1, deps.settings.deck_max_cards)  # a caller may ask for fewer (`limit`), never more
+        limit = cap if limit is None else max(1, min(limit, cap))
+        if len(snap.cards) <= limit:
+            chosen = [c for c in snap.cards if c.user_id not in hidden]
+        else:
+            chosen = _window(snap, me, hidden, cooldowns, now_ms, limit)
+        return [_render(c, me, cooldowns, now_ms) for c in chosen], total
+
+
+def _window(snap: Snapshot, me: str, hidden: set[str], cooldowns: dict[str, int], now_ms: int,
+            limit: int) -> list[Card]:
+    chosen: list[Card] = []
+    seen: set[str] = set()
+    for c in snap.introduced.get(me, ()):
+        if c.user_id not in hidden and len(chosen) < limit:
+            chosen.append(c)
+            seen.add(c.user_id)
+    cooled: list[Card] = []
+    n = len(snap.order)
+    start = bisect.bisect_left(snap.order, _start_point(me))
+    for i in range(n):
+        if len(chosen) >= limit:
+            break
+        c = snap.cards[(start + i) % n]
+        uid = c.user_id
+        if uid in hidden or uid in seen:
+            continue
+        if cooldowns.get(uid, 0) > now_ms:
+            if len(cooled) < limit:
+                cooled.append(c)
+            continue
+        chosen.append(c)
+    return chosen + cooled[:limit - len(chosen)]
+
+
+def _start_point(me: str) -> str:
+    """A point in user id space (ids are UUID strings) that depends only on the requester."""
+    return str(uuid.UUID(bytes=hashlib.blake2b(me.encode(), digest_size=16).digest()))
+
+
+def _render(c: Card, me: str, cooldowns: dict[str, int], now_ms: int) -> str:
+    expiry = cooldowns.get(c.user_id)
+    cooled = expiry is not None and expiry > now_ms
+    introduced = c.fields["introduced_to"] is not None and str(c.fields["introduced_to"]) == me
+    return (f'{c.prefix},"hasCooldown":{"true" if cooled else "false"},'
+            f'"cooldownExpiry":{expiry if cooled else "null"},'
+            f'"wasIntroducedToMe":{"true" if introduced else "false"},'
+            f'"introducedBy":{json.dumps(c.fields["introduced_by_name"]) if introduced else "null"}}}')
 
 
 async def changed(deps: Deps, user_id: str) -> None:

@@ -7,7 +7,16 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from tests.helpers import auth, guest, permanent
+
+
+@pytest.fixture
+def settings(base_settings):
+    """These tests move a session's expiry in the database, standing in for time passing: a node's HTTP
+    session cache would keep the copy it read before (the cache: test_session_cache.py)."""
+    return base_settings.with_(http_session_cache_seconds=0)
 
 
 async def _expiry(db, user_id):
