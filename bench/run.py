@@ -366,7 +366,7 @@ class Bench:
         assert self.settings
         results: dict[str, Any] = {}
         axis = [int(x) for x in self.args.deck.split(",")]
-        variants = {"": {}, "-no-session-cache": {"HTTP_SESSION_CACHE_SECONDS": "0"}} if self.args.deck_ab else {"": {}}
+        variants = {"": {}, "-no-session-cache": {"SESSION_CACHE_SECONDS": "0"}} if self.args.deck_ab else {"": {}}
         for n in axis:
             users = await self.make_users(n, f"d{n}-")
             r = aioredis.from_url(self.settings.redis_url)

@@ -20,6 +20,7 @@ class Deps:
     s3: Any  # boto3 S3 client (thread-safe; blocking calls go through asyncio.to_thread)
     sio: Any = None  # socketio.AsyncServer, set by realtime.py
     deck: Any = None  # presence.deck.Deck: this node's card cache and deck snapshot, set by realtime.py
+    sessions: Any = None  # accounts.sessions.SessionCache, set by realtime.py (None: read Postgres each time)
 
 
 SETTINGS = web.AppKey("settings", Settings)

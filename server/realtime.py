@@ -18,7 +18,7 @@ from aiohttp.web import WebSocketResponse
 from engineio.async_drivers import aiohttp as eio_aiohttp
 
 from server import emit
-from server.accounts.sessions import Principal, authenticate_hash, hash_token
+from server.accounts.sessions import Principal, SessionCache, authenticate, authenticate_hash, hash_token, suspended
 from server.calls import cooldowns, departures, invites, resume, rooms
 from server.calls import events as _call_events  # (also registers the handlers)
 from server.deps import Deps
@@ -79,16 +79,12 @@ def attach(app: web.Application, settings: Settings) -> socketio.AsyncServer:
     return sio
 
 
-_SESSION_CACHE_MAX = 50_000  # entries; a full cache is dropped whole (it is only a cache)
-
-
 class Realtime:
     def __init__(self, deps: Deps, sio: socketio.AsyncServer) -> None:
         self.deps = deps
         self.sio = sio
         self.local: dict[str, Sender] = {}  # authenticated sockets on this node
         self.buckets: dict[str, TokenBucket] = {}  # every socket of this node, authenticated or not
-        self.sessions: dict[bytes, tuple[float, Principal]] = {}  # token hash -> (read at, session)
         self.scope_of: dict[str, str] = {}  # sid -> its client address scope (httpio.ip_scope)
         self.per_scope: dict[str, int] = {}  # sockets held per address scope
         self.deadlines: dict[str, asyncio.TimerHandle] = {}  # authentication deadlines
@@ -109,6 +105,8 @@ class Realtime:
             on_beat=lambda: resume.recover_after_loss(deps),
             on_returned=lambda uid, room: resume.partner_reconnected(deps, uid, room),
             on_nodes=self._nodes_seen, on_reconcile=self._cut_expired)
+        if deps.settings.session_cache_seconds > 0:
+            deps.sessions = SessionCache(deps.settings.session_cache_seconds)
         if isinstance(sio.manager, NodeManager):
             sio.manager.controls["access"] = self._access_changed
             sio.manager.controls["sessions"] = self._sessions_revoked
@@ -125,7 +123,8 @@ class Realtime:
 
     def _access_changed(self, msg: dict[str, Any]) -> None:
         uid = str(msg.get("user", ""))
-        self.forget_sessions(uid)
+        if self.deps.sessions is not None:
+            self.deps.sessions.forget_user(uid)
         local_sids = list(self.sio.manager.rooms.get("/", {}).get(emit.user_room(uid), {}))
         gate.invalidate(self.deps, local_sids, self.local, uid)
 
@@ -226,33 +225,21 @@ class Realtime:
             log.exception("bind_failed", sid=sid)
 
     async def _authenticate(self, token: Any) -> Principal:
-        """`authenticate`, with valid sessions cached for SESSION_CACHE_SECONDS per node (issue 12 §3):
-        reconnect storms and repeated `auth` events with one token cost one query. Entries go with
-        access.changed (bans) and revocations (`forget_session`); the socket itself re-reads its
-        session every SESSION_RECHECK_SECONDS (`_session_ok`)."""
-        if not isinstance(token, str) or not token or len(token) > 256:
-            from server.accounts.sessions import authenticate
-
+        """`authenticate` through this node's session cache (issue 12 §3): reconnect storms and
+        repeated `auth` events with one token cost one query. The socket itself re-reads its session
+        every SESSION_RECHECK_SECONDS (`_session_ok`)."""
+        cache = self.deps.sessions
+        if cache is None or not isinstance(token, str) or not token or len(token) > 256:
             return await authenticate(self.deps, token if isinstance(token, str) else None)
-        key, now = hash_token(token), time.monotonic()
-        hit = self.sessions.get(key)
-        if hit is not None and now - hit[0] < self.deps.settings.session_cache_seconds \
-                and hit[1].expires_at.timestamp() > time.time():
-            return hit[1]
-        principal = await authenticate_hash(self.deps, key)
-        if len(self.sessions) >= _SESSION_CACHE_MAX:
-            self.sessions.clear()
-        self.sessions[key] = (now, principal)
+        principal: Principal = await cache.authenticate(self.deps, hash_token(token))
+        if principal.banned:
+            raise suspended()
         return principal
-
-    def forget_sessions(self, user_id: str = "", session_ids: frozenset[str] = frozenset()) -> None:
-        for key in [k for k, (_, p) in self.sessions.items()
-                    if str(p.user_id) == user_id or str(p.session_id) in session_ids]:
-            self.sessions.pop(key, None)
 
     def _sessions_revoked(self, msg: dict[str, Any]) -> None:
         ids = msg.get("ids")
-        self.forget_sessions(session_ids=frozenset(str(i) for i in ids) if isinstance(ids, list) else frozenset())
+        if self.deps.sessions is not None:
+            self.deps.sessions.forget_sessions([str(i) for i in ids] if isinstance(ids, list) else [])
 
     async def on_auth(self, sid: str, data: Any = None) -> None:
         if not self._take(sid):  # `auth` spends from the socket's bucket like every event

@@ -151,8 +151,7 @@ class Settings:
     max_sockets_per_address: int = 100  # per node, by httpio.ip_scope (IPv6 by /64); CGNAT shares addresses
     max_sockets_per_user: int = 10  # authenticated sockets of one user per node (tabs, devices)
     session_recheck_seconds: float = 30.0  # a socket's session is re-read at most this stale (expiry, revocation)
-    session_cache_seconds: float = 5.0  # a node trusts a session it read this long (socket connect and `auth`)
-    http_session_cache_seconds: float = 5.0  # the same for HTTP requests (0 = read Postgres every request)
+    session_cache_seconds: float = 5.0  # a node trusts a session it read this long (HTTP, connect, `auth`; 0 = off)
     bad_frame_logs_per_minute: int = 10  # malformed Engine.IO/Socket.IO input logged per node; the rest counted
 
     # Ops

@@ -1,16 +1,13 @@
 """Session tokens and the one authentication function used by HTTP routes and Socket.IO alike, and
-the per-node cache of validated sessions that HTTP routes read (`require_user`)."""
+the per-node cache of validated sessions both read (`require_user`, realtime's connect and `auth`)."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
 import time
-import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -51,7 +48,7 @@ class Principal:
 
 async def revoked(deps: Deps, session_ids: list[str]) -> None:
     """After sessions were revoked (logout, a newer login): every node forgets its cached copy
-    (realtime.Realtime._authenticate)."""
+    (SessionCache, dropped by realtime's handler of the "sessions" control message)."""
     from server import fanout  # the realtime layer sits above accounts
 
     if session_ids:
@@ -110,7 +107,7 @@ async def _slide(deps: Deps, row: asyncpg.Record) -> datetime:
 async def require_user(request: web.Request, *, allow_banned: bool = False) -> Principal:
     deps = deps_of(request)
     token = bearer_token(request)
-    cache = session_cache(deps)
+    cache: SessionCache | None = deps.sessions
     if cache is None or not token or len(token) > 256:
         principal = await authenticate(deps, token, allow_banned=allow_banned)
     else:
@@ -121,21 +118,23 @@ async def require_user(request: web.Request, *, allow_banned: bool = False) -> P
     return principal
 
 
-# ---- the per-node HTTP session cache (issue 10 §5)
+# ---- the per-node session cache (issue 10 §5, issue 12 §3)
 
 SESSION_CACHE_MAX = 50_000  # entries per node; the oldest goes first beyond it
 
 
 class SessionCache:
-    """Validated sessions of this node, by token hash, trusted for `ttl` seconds: an authenticated
-    HTTP request costs no Postgres round trip while its session is cached.
+    """Validated sessions of this node, by token hash, trusted for SESSION_CACHE_SECONDS: an
+    authenticated HTTP request, a socket connect or an `auth` event (reconnect storms, repeated
+    `auth` with one token) costs no Postgres round trip while its session is cached. Created by
+    realtime.Realtime as `deps.sessions` (None when the TTL is 0).
 
     Dropped on every node, before the change's HTTP response is sent, through the control messages
-    that already carry these changes (server/fanout.py): "sessions" (`revoked()`: logout, a newer
-    login) by session id, and "access" (`access.changed()`: ban, unban, payment, refund, deletion) by
-    user. A read that overlapped a drop is not cached (it may predate the change). An expired
-    session is never served from the cache; a change with no signal (a CLI role change) shows
-    within `ttl`."""
+    that already carry these changes (server/fanout.py, handled in realtime.py): "sessions"
+    (`revoked()`: logout, a newer login) by session id, and "access" (`access.changed()`: ban, unban,
+    payment, refund, deletion) by user. A read that overlapped a drop is not cached (it may predate
+    the change). An expired session is never served from the cache; a change with no signal (a CLI
+    role change) shows within `ttl`."""
 
     def __init__(self, ttl_s: float, max_entries: int = SESSION_CACHE_MAX) -> None:
         self.ttl_s = ttl_s
@@ -193,48 +192,6 @@ class SessionCache:
         for sid in session_ids:
             for key in list(self.by_session.get(str(sid), ())):
                 self._drop(key)
-
-    # Control messages of fanout.NodeManager: one handler per kind, and the realtime core registers
-    # its own for these two kinds. Ours runs first, then theirs (chained, not replaced).
-    def on_access(self, msg: dict[str, Any]) -> None:
-        self.forget_user(str(msg.get("user", "")))
-
-    def on_sessions(self, msg: dict[str, Any]) -> None:
-        ids = msg.get("ids")
-        self.forget_sessions([str(i) for i in ids] if isinstance(ids, list) else [])
-
-    def hook(self, controls: dict[str, Any]) -> None:
-        for kind, mine in (("access", self.on_access), ("sessions", self.on_sessions)):
-            current = controls.get(kind)
-            if getattr(current, "session_cache", None) is not self:
-                controls[kind] = _chained(self, mine, current)
-
-
-def _chained(cache: SessionCache, mine: Callable[[dict[str, Any]], None], then: Any) -> Any:
-    def handler(msg: dict[str, Any]) -> Any:
-        mine(msg)
-        return then(msg) if then is not None else None
-
-    handler.session_cache = cache  # type: ignore[attr-defined]
-    return handler
-
-
-_caches: weakref.WeakKeyDictionary[Any, SessionCache] = weakref.WeakKeyDictionary()
-
-
-def session_cache(deps: Deps) -> SessionCache | None:
-    """This node's HTTP session cache; None when it is off or nothing could invalidate it (no
-    control-message channel: a CLI process, or a test app without a node manager)."""
-    ttl = deps.settings.http_session_cache_seconds
-    manager = getattr(deps.sio, "manager", None)
-    controls = getattr(manager, "controls", None)
-    if ttl <= 0 or not isinstance(controls, dict):
-        return None
-    cache = _caches.get(manager)
-    if cache is None:
-        cache = _caches[manager] = SessionCache(ttl)
-    cache.hook(controls)  # cheap when in place; also survives a later re-registration of the kind
-    return cache
 
 
 async def start_session(conn: asyncpg.Connection | asyncpg.Pool, user_id: UUID, kind: str, days: int,

@@ -12,6 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 from test_media_samples import JPEG_HEAD, WEBM_HEAD, form, pending_multipart, sample, user_objects
 
+from server.accounts import access
+from server.deps import DEPS
 from tests.helpers import auth, guest, permanent
 from tests.rt import in_call, make_user
 
@@ -41,6 +43,7 @@ async def test_deletion_leaves_no_object_session_or_socket_and_the_partner_histo
     s3.create_multipart_upload(Bucket=bucket, Key=f"users/{a['userId']}/intro-2000000000000.webm")
     assert len(user_objects(s3, bucket, a["userId"])) == 3 and pending_multipart(s3, bucket, a["userId"])
     await db.execute("UPDATE users SET paid_status = 'paid', email = NULL WHERE id = $1", uuid.UUID(a["userId"]))
+    await access.changed(client.app[DEPS], a["userId"], "paid")  # as a payment does: nodes drop cached sessions
     b = await make_user(client, db, "Bea")
 
     # One finished call with chat and shared socials, then a second call in progress.

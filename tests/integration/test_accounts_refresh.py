@@ -16,7 +16,7 @@ from tests.helpers import auth, guest, permanent
 def settings(base_settings):
     """These tests move a session's expiry in the database, standing in for time passing: a node's HTTP
     session cache would keep the copy it read before (the cache: test_session_cache.py)."""
-    return base_settings.with_(http_session_cache_seconds=0)
+    return base_settings.with_(session_cache_seconds=0)
 
 
 async def _expiry(db, user_id):

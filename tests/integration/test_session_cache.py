@@ -1,18 +1,17 @@
-"""The per-node HTTP session cache (issue 10 §5): an authenticated request reads Postgres once per
-session per HTTP_SESSION_CACHE_SECONDS, and a logout, a newer login, a ban, a deletion or an access
+"""The per-node session cache (issue 10 §5): an authenticated request reads Postgres once per
+session per SESSION_CACHE_SECONDS, and a logout, a newer login, a ban, a deletion or an access
 change is seen by the very next request. Two nodes: tests/multinode/test_session_cache_two_nodes.py."""
 
 import pytest
 
 from server.accounts import access
-from server.accounts.sessions import session_cache
 from server.deps import DEPS
 from tests.helpers import auth
 from tests.rt import make_user
 
 
 def _cache(client):
-    cache = session_cache(client.app[DEPS])
+    cache = client.app[DEPS].sessions
     assert cache is not None
     return cache
 
@@ -77,11 +76,11 @@ async def test_cache_is_bounded(client, db):
 
 @pytest.fixture
 def settings(base_settings, request):
-    return base_settings.with_(http_session_cache_seconds=getattr(request, "param", 5.0))
+    return base_settings.with_(session_cache_seconds=getattr(request, "param", 5.0))
 
 
 @pytest.mark.parametrize("settings", [0.0], indirect=True)
 async def test_cache_off_reads_every_time(client, db, settings):
     u = await make_user(client, db, "Uncached")
-    assert session_cache(client.app[DEPS]) is None
+    assert client.app[DEPS].sessions is None
     assert await _me(client, u["sessionToken"]) == 200
