@@ -87,6 +87,9 @@ async def delete_account(deps: Deps, principal: Principal, password: str | None,
                                target_user_id=uid, ip=ip, details={"accountType": principal.account_type})
     if started:
         log.warning("account_deletion_requested", user_id=str(uid))
+        # Its sessions are gone from now on: every node drops its cached copies at once, not when the
+        # job completes (the media step may fail or the node crash first).
+        await access.changed(deps, str(uid), "account_deleted")
     done = await run(deps, uid)
     # Even if the media are not gone yet, the account is: the job finishes in the background.
     return {"success": True, "deleted": True, "complete": done}
