@@ -16,6 +16,7 @@ from tests.multinode.conftest import (  # noqa: F401  (fixtures)
     _pool,
     cluster,
     db,
+    eventually,
     http,
     n1,
     n2,
@@ -78,6 +79,18 @@ async def restart_redis_empty(stack, redis) -> float:
     stack._start_redis()
     await redis.connection_pool.disconnect()
     return t0
+
+
+async def listeners_back(session, *nodes, within: float = 10) -> bool:
+    """Cross-node delivery works again once every node's listener has resubscribed (its /ready says
+    so): what a test waits for before it relays across nodes after a Redis restart."""
+    async def listening() -> bool:
+        for n in nodes:
+            async with session.get(f"{n.url}/ready") as resp:
+                if (await resp.json()).get("checks", {}).get("pubsub") != "ok":
+                    return False
+        return True
+    return bool(await eventually(listening, within=within))
 
 
 # Logged by code outside the realtime core while Postgres is down (reported on the issue): asyncpg's own

@@ -5,9 +5,12 @@ are listed again without re-joining (§4)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
-from tests.faults.conftest import call_across, restart_redis_empty, stop_redis
+from redis.exceptions import RedisError
+
+from tests.faults.conftest import call_across, listeners_back, restart_redis_empty, stop_redis
 from tests.multinode.conftest import eventually, get_json
 
 
@@ -33,7 +36,8 @@ async def test_redis_restart_mid_call_restores_the_call(stack, users, peers, n1,
     status, deck = await get_json(http, f"{n1.url}/room/queue", a["sessionToken"])
     assert status == 200 and q["userId"] in [u["userId"] for u in deck["users"]]
 
-    # Signalling goes on across the nodes, and the end is the usual one.
+    # Signalling goes on across the nodes (once both listeners have resubscribed), and the end is the usual one.
+    assert await listeners_back(http, n1, n2), "a node's cross-node listener did not come back"
     await pa.emit("rtc:offer", {"roomId": room, "offer": {"type": "offer", "sdp": "v=0 after redis"}})
     assert (await pb.wait("rtc:offer", timeout=5))["offer"]["sdp"] == "v=0 after redis"
     await asyncio.sleep(max(0.0, 5.3 - (time.time() * 1000 - start["serverNow"]) / 1000))
@@ -62,8 +66,11 @@ async def test_while_redis_is_down_routes_answer_503_json(stack, n1, http, rds):
     finally:
         stack.up()
         await rds.connection_pool.disconnect()
-    async with http.post(f"{n1.url}/auth/guest", json={"name": "Ada", "gender": "female"}) as resp:
-        assert resp.status == 200
+
+    async def signs_up() -> bool:  # back to normal once the node reconnects to the restarted Redis
+        async with http.post(f"{n1.url}/auth/guest", json={"name": "Ada", "gender": "female"}) as resp:
+            return resp.status == 200
+    assert await eventually(signs_up, within=10, step=0.2)
 
 
 async def test_redis_restart_with_persistence_mid_call_keeps_the_call(stack, users, peers, n1, n2, db, rds, http):
@@ -77,12 +84,16 @@ async def test_redis_restart_with_persistence_mid_call_keeps_the_call(stack, use
         await stop_redis(stack, rds, save=True)
         assert dump.exists()
         await asyncio.sleep(2.5)  # down for longer than the dead-node window (1.5 s): every beat is stale
-        stack.up()
     finally:
-        if stack.pid("redis") is None:
-            stack.up()
+        stack.up()
+        await rds.connection_pool.disconnect()
+        # Redis listens before it has read its dump: removing the file earlier can make it start empty.
+        async def loaded() -> bool:
+            with contextlib.suppress(RedisError):
+                return (await rds.info("persistence"))["loading"] == 0
+            return False
+        assert await eventually(loaded, within=10), "Redis did not finish loading its dump"
         dump.unlink(missing_ok=True)  # later restarts in this session start empty again
-    await rds.connection_pool.disconnect()
     assert await rds.hget(f"room:{room}", "state") == "active"  # the data came back
 
     # Both nodes beat again (the sentinel for "the heartbeat has seen the outage").
@@ -92,13 +103,7 @@ async def test_redis_restart_with_persistence_mid_call_keeps_the_call(stack, use
     assert await eventually(both_beat, within=10), "the nodes did not beat again"
     recovered_s = time.monotonic() - t0
 
-    async def listening() -> bool:  # cross-node delivery is back once both listeners resubscribed
-        for n in (n1, n2):
-            async with http.get(f"{n.url}/ready") as resp:
-                if (await resp.json()).get("checks", {}).get("pubsub") != "ok":
-                    return False
-        return True
-    assert await eventually(listening, within=10), "a node's cross-node listener did not come back"
+    assert await listeners_back(http, n1, n2), "a node's cross-node listener did not come back"
     for p in (pa, pb):  # signalling flows across the nodes
         other = pb if p is pa else pa
         await p.emit("rtc:ice", {"roomId": room, "candidate": {"candidate": f"candidate:{p.name}",
