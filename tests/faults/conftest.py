@@ -9,6 +9,7 @@ import json
 import os
 import time
 
+import asyncpg
 import pytest
 
 from tests.multinode.conftest import (  # noqa: F401  (fixtures)
@@ -91,6 +92,25 @@ async def listeners_back(session, *nodes, within: float = 10) -> bool:
                     return False
         return True
     return bool(await eventually(listening, within=within))
+
+
+@contextlib.asynccontextmanager
+async def pg_connection(config):
+    """A direct Postgres connection (the test's own, outside the nodes' pools), closed on exit."""
+    conn = await asyncpg.connect(config.database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def both_beating(redis, after_ms: int) -> None:
+    """The sentinel that both nodes beat again after a Redis loss or outage (a node re-registers its
+    sockets before it writes its first beat into an empty Redis)."""
+    async def beating() -> bool:
+        seen = {k: int(v) for k, v in (await redis.hgetall("nodes")).items()}
+        return len(seen) >= 2 and all(v > after_ms for v in seen.values())
+    assert await eventually(beating, within=10), "the nodes did not beat again"
 
 
 # Logged by code outside the realtime core while Postgres is down (reported on the issue): asyncpg's own

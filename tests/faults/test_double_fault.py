@@ -11,34 +11,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
-import asyncpg
 import pytest
 
-from tests.faults.conftest import call_across, core_errors, restart_redis_empty
+from tests.faults.conftest import both_beating, call_across, core_errors, pg_connection, restart_redis_empty
 from tests.multinode.conftest import eventually
 
 pytestmark = pytest.mark.allow_server_errors  # other domains' noise while Postgres is down; see core_errors
-
-
-@contextlib.asynccontextmanager
-async def _connect(settings):
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-async def _both_beating(rds, after_ms: int) -> None:
-    """The sentinel that both nodes went through their re-registration after the Redis loss (a node
-    re-registers its sockets before it writes its first beat into an empty Redis)."""
-    async def beating() -> bool:
-        seen = {k: int(v) for k, v in (await rds.hgetall("nodes")).items()}
-        return len(seen) >= 2 and all(v > after_ms for v in seen.values())
-    assert await eventually(beating, within=10), "the nodes did not beat again"
 
 
 async def test_a_restore_that_failed_with_postgres_down_is_retried(stack, users, peers, n1, n2, settings, rds):
@@ -50,7 +30,7 @@ async def test_a_restore_that_failed_with_postgres_down_is_retried(stack, users,
     try:
         await restart_redis_empty(stack, rds)
         lost_ms = int(time.time() * 1000)
-        await _both_beating(rds, lost_ms)
+        await both_beating(rds, lost_ms)
         assert not await rds.exists(f"room:{room}")  # nothing to restore from while Postgres is down
     finally:
         stack.up()
@@ -70,7 +50,7 @@ async def test_a_restore_that_failed_with_postgres_down_is_retried(stack, users,
     await pa.wait("metrics:update")
     await pb.wait("metrics:update")
     assert len(pa.all("session:finalized")) == 1 and len(pb.all("session:finalized")) == 1
-    async with _connect(settings) as conn:
+    async with pg_connection(settings) as conn:
         assert await conn.fetchval("SELECT count(*) FROM call_history WHERE session_id = $1", session) == 2
         assert await conn.fetchval("SELECT count(*) FROM live_calls") == 0
     assert [e for n, at in marks.items() for e in core_errors(n, at)] == []
@@ -93,14 +73,14 @@ async def test_redis_lost_while_postgres_down_does_not_revive_an_ended_call(stac
         assert (await pb.wait("session:finalized"))["sessionId"] == session
         await restart_redis_empty(stack, rds)
         lost_ms = int(time.time() * 1000)
-        await _both_beating(rds, lost_ms)
+        await both_beating(rds, lost_ms)
         # The finalising node put the call's end back (Redis only, Postgres is still down).
         assert await rds.hget(f"room:{room}", "state") == "final"
     finally:
         stack.up()
     back = time.monotonic()
 
-    async with _connect(settings) as conn:
+    async with pg_connection(settings) as conn:
         async def written() -> bool:
             return await conn.fetchval("SELECT count(*) FROM live_calls") == 0
         assert await eventually(written, within=15), "the pending history write never ran"

@@ -10,13 +10,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import asyncpg
 import pytest
 
-from tests.faults.conftest import call_across, core_errors
+from tests.faults.conftest import call_across, core_errors, pg_connection
 from tests.multinode.conftest import eventually
 
 KEEP_S = 2
@@ -30,15 +29,6 @@ def node_env() -> dict[str, str]:
 async def _after_history_minimum(start: dict) -> None:
     """Calls shorter than 5 s leave no history: end this one just after."""
     await asyncio.sleep(max(0.0, 5.3 - (time.time() * 1000 - start["serverNow"]) / 1000))
-
-
-@contextlib.asynccontextmanager
-async def _connect(settings):
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 @pytest.mark.allow_server_errors  # other domains' noise while Postgres is down; the core's is checked below
@@ -62,7 +52,7 @@ async def test_postgres_down_longer_than_the_room_record_lives(stack, users, pee
         stack.up()
     back = time.monotonic()
 
-    async with _connect(settings) as conn:
+    async with pg_connection(settings) as conn:
         async def written() -> int:
             return int(await conn.fetchval("SELECT count(*) FROM call_history WHERE session_id = $1", session))
         assert await eventually(written, within=15) == 2, "history was not written after Postgres came back"
@@ -115,7 +105,7 @@ async def test_a_user_deleted_before_the_pending_history_write_is_not_written_ba
         await tx.rollback()
         await lock.close()
 
-    async with _connect(settings) as conn:
+    async with pg_connection(settings) as conn:
         async def live_record_gone() -> bool:
             return await conn.fetchval("SELECT count(*) FROM live_calls") == 0
         assert await eventually(live_record_gone, within=15), "the pending history write never ran"

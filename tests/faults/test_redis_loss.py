@@ -10,7 +10,7 @@ import time
 
 from redis.exceptions import RedisError
 
-from tests.faults.conftest import call_across, listeners_back, restart_redis_empty, stop_redis
+from tests.faults.conftest import both_beating, call_across, listeners_back, restart_redis_empty, stop_redis
 from tests.multinode.conftest import eventually, get_json
 
 
@@ -97,10 +97,7 @@ async def test_redis_restart_with_persistence_mid_call_keeps_the_call(stack, use
     assert await rds.hget(f"room:{room}", "state") == "active"  # the data came back
 
     # Both nodes beat again (the sentinel for "the heartbeat has seen the outage").
-    async def both_beat() -> bool:
-        seen = {k: int(v) for k, v in (await rds.hgetall("nodes")).items()}
-        return len(seen) >= 2 and all(v > start["serverNow"] + 2500 for v in seen.values())
-    assert await eventually(both_beat, within=10), "the nodes did not beat again"
+    await both_beating(rds, start["serverNow"] + 2500)
     recovered_s = time.monotonic() - t0
 
     assert await listeners_back(http, n1, n2), "a node's cross-node listener did not come back"
