@@ -176,15 +176,20 @@ def cmd_user(settings: Settings, action: str, ref: str, role: str | None) -> int
     from server.accounts import operators
 
     async def work(conn: Any) -> str:
-        if action == "grant-access":
-            return await operators.grant_access(conn, ref)
         if action in ("totp-enroll", "totp-remove"):
             from server.moderation import cli
 
             if action == "totp-remove":
                 return await cli.totp_remove(conn, ref)
             return await cli.totp_enroll(conn, ref, settings.totp_issuer)
-        return await operators.set_role(conn, ref, role or "")
+        if action == "grant-access":
+            message, changed = await operators.grant_access(conn, ref)
+        else:
+            message, changed = await operators.set_role(conn, ref, role or "")
+        if changed is not None:  # running nodes drop what they cached about the user at once
+            warning = await operators.announce(settings, changed, action.replace("-", "_"))
+            message = f"{message}\n{warning}" if warning else message
+        return message
 
     return _operator(settings, work)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 import asyncpg
 
 from server.ids import user_uuid
+from server.settings import Settings
 
 ROLES = ("user", "moderator", "admin")
 
@@ -34,27 +36,50 @@ async def _audit(conn: asyncpg.Connection, action: str, target: Any, details: di
     )
 
 
-async def grant_access(conn: asyncpg.Connection, ref: str) -> str:
-    """Access without payment: paidStatus becomes `paid` (what every client treats as full access)."""
+async def grant_access(conn: asyncpg.Connection, ref: str) -> tuple[str, UUID | None]:
+    """Access without payment: paidStatus becomes `paid` (what every client treats as full access).
+    Returns the message and the user whose access changed (None when nothing changed)."""
     async with conn.transaction():
         user = await _find_user(conn, ref)
         if user["paid_status"] in ("paid", "qr_verified"):
-            return f"{user['id']} ({user['name']}) already has access ({user['paid_status']})"
+            return f"{user['id']} ({user['name']}) already has access ({user['paid_status']})", None
         await conn.execute(
             """UPDATE users SET paid_status = 'paid', paid_at = now(), access_granted_at = now(), updated_at = now()
                WHERE id = $1""", user["id"])
         await _audit(conn, "grant_access", user["id"], {"previous": user["paid_status"]})
-    return f"granted access to {user['id']} ({user['name']})"
+    return f"granted access to {user['id']} ({user['name']})", user["id"]
 
 
-async def set_role(conn: asyncpg.Connection, ref: str, role: str) -> str:
+async def set_role(conn: asyncpg.Connection, ref: str, role: str) -> tuple[str, UUID | None]:
     if role not in ROLES:
         raise OperatorError(f"role must be one of {', '.join(ROLES)}")
     async with conn.transaction():
         user = await _find_user(conn, ref)
         await conn.execute("UPDATE users SET role = $2, updated_at = now() WHERE id = $1", user["id"], role)
         await _audit(conn, "set_role", user["id"], {"previous": user["role"], "role": role})
-    return f"{user['id']} ({user['name']}) role: {user['role']} -> {role}"
+    return f"{user['id']} ({user['name']}) role: {user['role']} -> {role}", user["id"]
+
+
+async def announce(settings: Settings, user_id: UUID, reason: str) -> str:
+    """Tell the running nodes, through Redis, that this user's access or role changed (what
+    access.changed() does on the HTTP paths): every node drops the user's cached sessions and socket
+    rights at once. If Redis cannot be reached the change still stands; caches then see it within
+    SESSION_CACHE_SECONDS."""
+    from redis.exceptions import RedisError
+
+    from server.accounts import access
+    from server.deps import Deps
+    from server.redis import create_redis
+
+    redis = create_redis(settings.redis_url, timeout_s=5)
+    try:
+        await access.changed(Deps(settings, cast(Any, None), redis, None), str(user_id), reason)
+        return ""
+    except (RedisError, OSError) as exc:
+        ttl = settings.session_cache_seconds
+        return f"warning: running nodes not told ({exc!r}); they see the change within {ttl:g} s"
+    finally:
+        await redis.aclose()
 
 
 # ---- invite codes (`python -m server codes ...`); the logic is the payments domain's ----
