@@ -9,7 +9,7 @@ from server.accounts.profile import ms
 from server.accounts.sessions import require_user
 from server.calls import store
 from server.deps import deps_of
-from server.errors import ApiError
+from server.errors import ApiError, bad_request
 from server.presence import deck
 
 routes = web.RouteTableDef()
@@ -22,8 +22,18 @@ async def queue(request: web.Request) -> web.Response:
     if not has_access(deps, principal.paid_status):
         raise ApiError(402, "payment_required", "Payment required", requiresPayment=True,
                        message="Unlock access with a payment or an invite code.")
-    cards, total = await deps.deck.for_user(deps, str(principal.user_id))
+    cards, total = await deps.deck.for_user(deps, str(principal.user_id), _limit(request))
     return web.Response(text=deck.body(cards, total), content_type="application/json")
+
+
+def _limit(request: web.Request) -> int | None:
+    """Optional `?limit=N` (1-1000): fewer cards than the server's DECK_MAX_CARDS, never more."""
+    raw = request.query.get("limit")
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and 1 <= int(raw) <= 1000):
+        raise bad_request("limit must be a whole number from 1 to 1000", code="invalid_limit")
+    return int(raw)
 
 
 @routes.get("/room/history")

@@ -90,3 +90,17 @@ async def test_a_caller_may_ask_for_fewer_cards_never_more(client, db):
     for asked, got in ((1, 1), (CAP, CAP), (50, CAP)):
         cards, total = await deps.deck.for_user(deps, me["userId"], limit=asked)
         assert (len(cards), total) == (got, 5)
+
+
+async def test_limit_asks_for_fewer_cards_and_bad_limits_are_refused(client, db):
+    me, *_others = await _crowd(client, db, 5)
+    resp = await client.get("/room/queue?limit=2", headers=auth(me["sessionToken"]))
+    body = await resp.json()
+    assert resp.status == 200 and len(body["users"]) == 2 and body["totalAvailable"] == 4
+    assert len((await _deck(client, me))["users"]) == CAP  # never more than the server's cap
+    resp = await client.get("/room/queue?limit=1000", headers=auth(me["sessionToken"]))
+    assert resp.status == 200 and len((await resp.json())["users"]) == CAP
+    for bad in ("0", "-1", "abc", "1001", "2.5", "99999999999999999999", "\u0661"):
+        resp = await client.get("/room/queue", params={"limit": bad}, headers=auth(me["sessionToken"]))
+        assert resp.status == 400, bad
+        assert (await resp.json())["code"] == "invalid_limit"
