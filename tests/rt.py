@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -74,7 +75,8 @@ class Peer:
             left = deadline - loop.time()
             if left <= 0:
                 got = [e for e, _ in self.events]
-                raise AssertionError(f"{self.name or self.user_id[:8]}: no {event!r} within {timeout}s; got {got}")
+                raise AssertionError(f"{self.name or self.user_id[:8]}: no {event!r} within {timeout}s; got {got}"
+                                     f"{server_awaits()}")
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), left)
@@ -125,6 +127,28 @@ class Peer:
         if self.sio.connected and not self.dropped:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.sio.disconnect(), 3)
+
+
+def server_awaits() -> str:
+    """Where the server's pending tasks are waiting (their frames in server/), for a timeout message:
+    the test app runs in the test's event loop, so an event that never came is usually an await of a
+    handler that never returned (a store call, a pool, a lock)."""
+    root = str(Path(__file__).resolve().parent.parent / "server")
+    lines = []
+    for task in asyncio.all_tasks():
+        frames: list[str] = []
+        aw, innermost = task.get_coro(), ""
+        while aw is not None and len(frames) < 60:  # the await chain, outermost first
+            frame = getattr(aw, "cr_frame", None) or getattr(aw, "gi_frame", None) or getattr(aw, "ag_frame", None)
+            if frame is not None:
+                innermost = f"{frame.f_code.co_filename.rsplit('site-packages/', 1)[-1]}:{frame.f_lineno}"
+                if frame.f_code.co_filename.startswith(root):
+                    frames.append(f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {frame.f_code.co_name}")
+                    innermost = ""
+            aw = getattr(aw, "cr_await", None) or getattr(aw, "gi_yieldfrom", None) or getattr(aw, "ag_await", None)
+        if frames:
+            lines.append(f"  {task.get_name()}: {' -> '.join(frames)}{f' (in {innermost})' if innermost else ''}")
+    return "\nserver tasks still waiting:\n" + "\n".join(sorted(lines)) if lines else ""
 
 
 async def make_user(client: Any, db: asyncpg.Connection, name: str = "Ada", *, paid: bool = True,
