@@ -172,7 +172,10 @@ async def test_waiting_bot_takes_calls_in_a_row(bot_server, no_server_errors):  
             rooms = []
             for i in range(2):
                 # Back in the queue (the server makes nobody available after a call, §6 D14).
-                await _until_listed(http, url, viewer["sessionToken"], waiter_user["userId"], within=20)
+                try:
+                    await _until_listed(http, url, viewer["sessionToken"], waiter_user["userId"], within=20)
+                except AssertionError as exc:  # failed once in a full run: say what the bot was doing
+                    raise AssertionError(f"round {i}: {exc}\n{waiter.explain()}") from None
                 caller = await BotProc("run", "--server", url, "--invite", waiter_user["userId"], "--relay",
                                        "--seconds", "3", "--size", "320x240", "--timeout", "20",
                                        "--name", f"Caller{i}", "--json").start()
