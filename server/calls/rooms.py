@@ -4,6 +4,7 @@ exactly once with one durable history row per participant."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -258,10 +259,18 @@ async def restore_unwritten(deps: Deps) -> int:
 
 
 async def prune_unwritten(deps: Deps) -> None:
-    """Forget unwritten calls whose history was written meanwhile (maybe by another node)."""
+    """Forget unwritten calls whose history was written meanwhile (maybe by another node): the record
+    has its post-write expiry, or it is gone and Postgres has no live record of the call any more (the
+    write also ends that record). Without the second check, an entry whose record expired before a
+    beat saw its expiry stayed, and a later restore put an ended, written call back without expiry."""
     for room_id in list(_unwritten):
-        if await deps.redis.ttl(f"room:{room_id}") > 0:  # mark_persisted set its expiry
+        ttl = await deps.redis.ttl(f"room:{room_id}")
+        if ttl > 0:  # mark_persisted set its expiry
             _unwritten.pop(room_id, None)
+        elif ttl == -2:  # gone: written and expired, or Redis lost it (then keep it while unsure)
+            with contextlib.suppress(*timers.STORE_DOWN):
+                if not await store.is_live_call(deps.db, room_id):
+                    _unwritten.pop(room_id, None)
 
 
 async def _tell_finalized(deps: Deps, room_id: str, users: tuple[str, str], session_id: str, reason: str) -> None:

@@ -84,6 +84,11 @@ async def end_live_call(conn: Conn, room_id: str) -> None:
     await conn.execute("DELETE FROM live_calls WHERE room_id = $1", room_id)
 
 
+async def is_live_call(conn: Conn, room_id: str) -> bool:
+    """Does the call still have its durable live record (its history write not done yet)?"""
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM live_calls WHERE room_id = $1)", room_id))
+
+
 async def count_live_calls(conn: Conn) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM live_calls"))
 
