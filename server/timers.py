@@ -27,6 +27,8 @@ log = structlog.get_logger(__name__)
 # Redis or Postgres unreachable or too slow: expected during outages, logged without a traceback.
 STORE_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError, asyncpg.PostgresConnectionError,
               asyncpg.InterfaceError)
+# A Postgres write that failed for any database reason (not only a lost connection): deferred and retried.
+DB_FAILED = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 LEASE_MS = 30_000
 RETRY_MS = 2_000  # a handler that failed because a store is down runs again this soon (not after the lease)
 BATCH = 50

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import structlog
 
 from server import timers
 from server.calls import store
 from server.calls.policy import COOLDOWN_REASON, pair
 from server.deps import Deps
-
-RETRY_MS = 2_000
 
 log = structlog.get_logger(__name__)
 
@@ -35,10 +32,10 @@ async def persist_or_defer(deps: Deps, a: str, b: str, ms: int, outcome: str) ->
         return
     try:
         await persist(deps, a, b, ms, outcome)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except timers.DB_FAILED as exc:
         until = timers.now_ms() + ms
         log.warning("cooldown_persist_deferred", error=repr(exc))
-        await timers.schedule(deps, "cooldown", f"{a}|{b}|{until}|{outcome}", timers.now_ms() + RETRY_MS)
+        await timers.schedule(deps, "cooldown", f"{a}|{b}|{until}|{outcome}", timers.now_ms() + timers.RETRY_MS)
 
 
 async def on_timer(deps: Deps, ident: str) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import asyncpg
 import structlog
 
 from server import emit
@@ -24,7 +23,7 @@ from server.calls.cooldowns import rebuild_if_lost
 from server.deps import Deps
 from server.events import Sender
 from server.presence import state as presence
-from server.timers import now_ms
+from server.timers import DB_FAILED, now_ms
 
 log = structlog.get_logger(__name__)
 
@@ -166,13 +165,13 @@ async def recover_after_loss(deps: Deps, lost: bool = False) -> None:
         await rooms.restore_unwritten(deps)
     try:
         await asyncio.wait_for(rebuild_if_lost(deps), 2)
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DB_FAILED as exc:
         log.warning("cooldowns_rebuild_deferred", error=repr(exc))
     if await deps.redis.exists(CALLS_RESTORED):
         return
     try:  # idempotent across nodes: a room that exists is left alone
         await asyncio.wait_for(restore_calls(deps), 5)
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DB_FAILED as exc:
         log.warning("calls_restore_deferred", error=repr(exc))
         return
     await deps.redis.set(CALLS_RESTORED, "1")
