@@ -245,10 +245,20 @@ async def _remember_unwritten(deps: Deps, room_id: str) -> None:
 async def restore_unwritten(deps: Deps) -> int:
     """After Redis lost its data: put back the final records of this node's unwritten calls (each with
     its persist timer and the pair's cooldown), overriding a room restored as live meanwhile. Entries
-    whose write is known to be done (the record has its post-write expiry) are dropped."""
+    whose write is known to be done are dropped instead: Postgres has no live record of the call any
+    more (the write ends it in the same transaction). Only when Postgres cannot say (the double fault)
+    does the copy go back unchecked; put back after its write, a record would live on without expiry
+    until its persist timer wrote it again."""
     put = 0
     for room_id, (at, room, chat) in list(_unwritten.items()):
         if time.monotonic() - at > _UNWRITTEN_MAX_AGE_S:
+            _unwritten.pop(room_id, None)
+            continue
+        try:
+            written = not await store.is_live_call(deps.db, room_id)
+        except timers.DB_FAILED:
+            written = False
+        if written:
             _unwritten.pop(room_id, None)
             continue
         if await state.refinalize(deps.redis, room_id, room, chat, timers.now_ms(), timers.now_ms() + timers.RETRY_MS):
@@ -265,10 +275,10 @@ async def prune_unwritten(deps: Deps) -> None:
     beat saw its expiry stayed, and a later restore put an ended, written call back without expiry."""
     for room_id in list(_unwritten):
         ttl = await deps.redis.ttl(f"room:{room_id}")
-        if ttl > 0:  # mark_persisted set its expiry
+        if ttl >= 0:  # mark_persisted set its expiry (TTL rounds: 0 is under half a second left)
             _unwritten.pop(room_id, None)
         elif ttl == -2:  # gone: written and expired, or Redis lost it (then keep it while unsure)
-            with contextlib.suppress(*timers.STORE_DOWN):
+            with contextlib.suppress(*timers.DB_FAILED):
                 if not await store.is_live_call(deps.db, room_id):
                     _unwritten.pop(room_id, None)
 
