@@ -59,8 +59,12 @@ async def test_after_a_redis_loss_only_calls_still_unwritten_come_back(client, d
 
 async def test_an_entry_is_forgotten_once_its_record_has_an_expiry(client, db, unwritten):
     deps = client.app[DEPS]
+    a, b = await make_user(client, db, "A"), await make_user(client, db, "B")
     room_id = str(uuid.uuid4())
-    unwritten[room_id] = (time.monotonic(), _final(room_id, "a", "b"), [])
+    room = _final(room_id, a["userId"], b["userId"])
+    await store.start_live_call(deps.db, room_id, room["session"], a["userId"], b["userId"],
+                                int(room["started"]), 120, int(room["deadline"]))  # its write is pending
+    unwritten[room_id] = (time.monotonic(), room, [])
     await deps.redis.hset(f"room:{room_id}", "state", "final")
     await rooms.prune_unwritten(deps)
     assert room_id in unwritten  # no expiry yet: the write is pending
