@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -88,6 +88,11 @@ class NodeManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         # nodes published meanwhile was lost for this node's sockets.
         self.on_listener_back: Callable[[], Coroutine[Any, Any, None]] | None = None
         self._replays: set[asyncio.Task[None]] = set()
+        # room -> (entered(sid), left(sid)), for rooms whose membership on this node is indexed elsewhere.
+        self.room_hooks: dict[str, tuple[Callable[[str], None], Callable[[str], None]]] = {}
+        # room -> which of its sockets an emit of (event, data) concerns (None: all of them), e.g. the
+        # deck changes only the clients whose deck can show that user hear of (presence/audience.py).
+        self.narrowers: dict[str, Callable[[str, Any], Collection[str] | None]] = {}
         self._outbox: asyncio.Queue[dict[str, Any]] | None = None
         self._publisher: asyncio.Task[None] | None = None
         # One connection for publishing: batches are pipelined, so one is enough and nothing churns.
@@ -110,6 +115,17 @@ class NodeManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         if msg.get("host") != self.host_id:
             self._other_seen = time.monotonic()
             self.others_alive = True
+
+    # ---- room membership (every local enter and leave, disconnect and close_room included, ends here)
+    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: Any = None) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if (hooks := self.room_hooks.get(room)) is not None:
+            hooks[0](sid)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
+        super().basic_leave_room(sid, namespace, room)
+        if (hooks := self.room_hooks.get(room)) is not None:
+            hooks[1](sid)
 
     # ---- emit: local first, publish only what another node must deliver
     async def emit(self, event: str, data: Any, namespace: str | None = None, room: Any = None,
@@ -140,7 +156,7 @@ class NodeManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
         eio_pkts: list[Any] | None = None
         reached: list[str] | None = [] if event in self.watched else None
-        for sid, eio_sid in self.get_participants(namespace, room):
+        for sid, eio_sid in self._recipients(event, data, namespace, room):
             if sid in skip:
                 continue
             if reached is not None:
@@ -156,6 +172,14 @@ class NodeManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         if reached:
             for dhook in self.delivery_hooks:
                 dhook(event, data, reached)
+
+    def _recipients(self, event: str, data: Any, namespace: str, room: Any) -> Iterable[tuple[str, Any]]:
+        narrow = self.narrowers.get(room) if isinstance(room, str) else None
+        only = narrow(event, data) if narrow is not None else None
+        if only is None:
+            return self.get_participants(namespace, room)
+        members = self.rooms[namespace].get(room, {})
+        return [(sid, members[sid]) for sid in only if sid in members]
 
     async def _handle_emit(self, message: dict[str, Any]) -> None:
         # A remote node's emit: deliver to our sockets (the library decodes the payload shape).

@@ -29,6 +29,7 @@ from server.httpio import client_ip, ip_scope, validate
 from server.ops import metrics
 from server.presence import events as _presence_events  # noqa: F401  (registers handlers)
 from server.presence import gate
+from server.presence.audience import Audience
 from server.presence.deck import Deck
 from server.presence.registry import Registry
 from server.ratelimit import TokenBucket
@@ -112,6 +113,9 @@ class Realtime:
             sio.manager.controls["sessions"] = self._sessions_revoked
             sio.manager.controls["card"] = lambda msg: deps.deck.forget(str(msg.get("user", "")))
             sio.manager.emit_hooks.append(deps.deck.on_emit)
+            audience = Audience(deps, lambda sid: s.user_id if (s := self.local.get(sid)) is not None else None)
+            sio.manager.room_hooks[emit.QUEUE] = (audience.entered, audience.left)
+            sio.manager.narrowers[emit.QUEUE] = audience.narrow
             sio.manager.watched = resume.CALL_STATE_EVENTS
             sio.manager.delivery_hooks.append(self._delivered)
             sio.manager.on_listener_back = self._listener_back

@@ -164,6 +164,13 @@ class Deck:
         self.snapshot = Snapshot.of(started, listed)
         return self.snapshot
 
+    def keep_fresh(self, deps: Deps, changed_age_s: float) -> None:
+        """For readers that cannot wait (presence/audience.py): rebuild in the background once the
+        snapshot is past half its maximum age, or `changed_age_s` old with a change seen since."""
+        age = time.monotonic() - self.snapshot.at
+        if self._refresh is None and (age >= self.max_age_s / 2 or (self.dirty and age >= changed_age_s)):
+            self._refresh = asyncio.create_task(self._refresh_in_background(deps))
+
     async def _refresh_in_background(self, deps: Deps) -> None:
         try:
             async with self._lock:
@@ -211,7 +218,7 @@ def _window(snap: Snapshot, me: str, hidden: set[str], cooldowns: dict[str, int]
             seen.add(c.user_id)
     cooled: list[Card] = []
     n = len(snap.order)
-    start = bisect.bisect_left(snap.order, _start_point(me))
+    start = bisect.bisect_left(snap.order, start_point(me))
     for i in range(n):
         if len(chosen) >= limit:
             break
@@ -227,7 +234,7 @@ def _window(snap: Snapshot, me: str, hidden: set[str], cooldowns: dict[str, int]
     return chosen + cooled[:limit - len(chosen)]
 
 
-def _start_point(me: str) -> str:
+def start_point(me: str) -> str:
     """A point in user id space (ids are UUID strings) that depends only on the requester."""
     return str(uuid.UUID(bytes=hashlib.blake2b(me.encode(), digest_size=16).digest()))
 
