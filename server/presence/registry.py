@@ -2,9 +2,10 @@
 heartbeat, re-registering everything after Redis lost its data, reaping dead nodes, and the periodic
 reconciliation that takes out ghosts (issue 11 §2, §3).
 
-The heartbeat has its own task: slow timer work (a persist waiting on Postgres, a large reap) must
-never make the other nodes declare this live node dead. Reaping and reconciling run in tasks of their
-own too, so neither holds the heartbeat up.
+The heartbeat has its own task and its own Redis connection: slow timer work (a persist waiting on
+Postgres, a large reap) and a burst that keeps every pooled connection busy (a crowd's fan-out on a
+saturated node waited 10 s for one) must never make the other nodes declare this live node dead.
+Reaping and reconciling run in tasks of their own too, so neither holds the heartbeat up.
 
 What other domains do around these steps (reload cooldowns and restore calls before re-registering,
 tell a partner the call goes on, clean up a dead socket's call) comes in as hooks from realtime.py.
@@ -23,6 +24,7 @@ from server import emit
 from server.deps import Deps
 from server.events import Sender
 from server.presence import state as presence
+from server.redis import create_redis
 from server.timers import STORE_DOWN, now_ms
 
 log = structlog.get_logger(__name__)
@@ -58,6 +60,8 @@ class Registry:
         # unavailable, not because they died (see beat()).
         self._steady_since = 0.0
         self._stopping = False
+        self._beat_redis = create_redis(deps.settings.redis_url, deps.settings.store_timeout_seconds or None,
+                                        max_connections=1)
 
     # ---- public state ----
     @property
@@ -82,6 +86,7 @@ class Registry:
             t.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=2)
+        await self._beat_redis.aclose()
 
     # ---- one socket ----
     async def register(self, sender: Sender) -> presence.Arrival:
@@ -104,7 +109,7 @@ class Registry:
             await asyncio.sleep(s.node_heartbeat_seconds)
 
     async def beat(self) -> None:
-        s, redis = self.deps.settings, self.deps.redis
+        s, redis = self.deps.settings, self._beat_redis
         # Re-register before announcing the beat, so anyone who sees this node alive also sees its sockets.
         if not await presence.known_node(redis, s.node_id):
             await self.reregister()
