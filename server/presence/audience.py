@@ -36,6 +36,7 @@ class Audience:
         self._points: list[tuple[str, str]] = []  # (start point, sid) of queued sockets, sorted
         self._seat: dict[str, tuple[str, str]] = {}  # sid -> (its start point, its user)
         self._sids_of: dict[str, set[str]] = {}  # user -> queued sids on this node
+        self._users: list[str] = []  # users with a queued socket on this node, sorted
 
     # ---- membership of the queue room on this node (NodeManager's room hooks)
     def entered(self, sid: str) -> None:
@@ -45,7 +46,10 @@ class Audience:
         point = start_point(user)
         self._seat[sid] = (point, user)
         bisect.insort(self._points, (point, sid))
-        self._sids_of.setdefault(user, set()).add(sid)
+        sids = self._sids_of.setdefault(user, set())
+        if not sids:
+            bisect.insort(self._users, user)
+        sids.add(sid)
 
     def left(self, sid: str) -> None:
         seat = self._seat.pop(sid, None)
@@ -60,6 +64,9 @@ class Audience:
             sids.discard(sid)
             if not sids:
                 del self._sids_of[user]
+                j = bisect.bisect_left(self._users, user)
+                if j < len(self._users) and self._users[j] == user:
+                    del self._users[j]
 
     # ---- who hears an emit to the queue room
     def narrow(self, event: str, data: Any) -> set[str] | None:
@@ -67,10 +74,17 @@ class Audience:
         if event not in CHANGE_EVENTS or not isinstance(data, dict):
             return None
         user = data.get("userId")
+        if not isinstance(user, str) or len(self._points) <= self.reach:
+            return None  # telling everyone costs no more than choosing
         self.deck.keep_fresh(self.deps, ORDER_STALE_S)
         order = self.deck.snapshot.order
+        if 2 * len(order) < len(self._users):
+            # The snapshot lags a surge (a start-up, everyone reconnecting after a deploy): position X
+            # among the users queued here instead, about the listed ones (part of them on a cluster):
+            # fewer users than the real list only widen each window's key range.
+            order = self._users
         n = len(order)
-        if not isinstance(user, str) or n <= self.reach:
+        if n <= self.reach:
             return None
         # Windows start at bisect_left(order, point): X (at p, or inserted there) is among the first
         # reach + 1 cards of a window whose start point lies in (order[p - reach - 1], order[p]].
