@@ -14,10 +14,8 @@ from typing import Any
 import socketio
 import structlog
 from aiohttp import web
-from aiohttp.web import WebSocketResponse
-from engineio.async_drivers import aiohttp as eio_aiohttp
 
-from server import emit
+from server import emit, wire
 from server.accounts.sessions import Principal, SessionCache, authenticate, authenticate_hash, hash_token, suspended
 from server.calls import cooldowns, departures, invites, resume, rooms
 from server.calls import events as _call_events  # (also registers the handlers)
@@ -46,18 +44,6 @@ AUTH_SCHEMA = obj([], sessionToken={"type": "string", "maxLength": 512},
 KNOWN_CAPS = frozenset({"deadline", "resume", "typed-errors", "busy", "queue-snapshot"})
 
 
-class _PlainWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
-    """The engine.io websocket without permessage-deflate: a compressor per socket costs more memory
-    than the small signalling messages it would save (the issue measured 3.5x a bare socket)."""
-
-    async def __call__(self, environ: dict[str, Any]) -> Any:
-        self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
-        await self._sock.prepare(environ["aiohttp.request"])
-        self.environ = environ
-        await self.handler(self)
-        return self._sock
-
-
 def attach(app: web.Application, settings: Settings) -> socketio.AsyncServer:
     manager = NodeManager(settings.redis_url)
     sio = socketio.AsyncServer(
@@ -73,7 +59,7 @@ def attach(app: web.Application, settings: Settings) -> socketio.AsyncServer:
         logger=False,
         engineio_logger=False,
     )
-    sio.eio._async = {**sio.eio._async, "websocket": _PlainWebSocket}  # per server, not the module's dict
+    wire.install(sio)
     sio.attach(app)
     app[SIO] = sio
     app.on_shutdown.append(close_sockets)
