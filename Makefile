@@ -24,6 +24,7 @@ bench:  ## measurements that print numbers against an in-run baseline (not part 
 	@$(PY) -m pytest -p tests.conftest -p tests.multinode.conftest bench/test_signaling_latency.py -q -s
 	@$(PY) bench/media_upload_memory.py
 	@$(PY) bench/webhook_latency.py
+	@$(PY) bench/writer_poll.py
 	@$(PY) bench/run.py $(BENCH_ARGS)
 
 lint:
