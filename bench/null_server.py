@@ -1,6 +1,7 @@
 """The null server for `make bench`: a minimal in-memory python-socketio server doing the same event
 choreography as ours (queue:update on join, leave and call start) with no checks and no storage, and
-like ours without permessage-deflate. Its numbers are the floor of this stack (aiohttp +
+like ours without permessage-deflate (server/wire.py's websocket; engine.io's own socket writer, not
+ours). Its numbers are the floor of this stack (aiohttp +
 python-socketio + the generator) on this machine. The handshake token is taken as the user id.
 
   python bench/null_server.py PORT [--bare]
@@ -13,29 +14,20 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import socketio
 from aiohttp import web
-from engineio.async_drivers import aiohttp as eio_aiohttp
 
-
-class _PlainWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
-    """Engine.IO's websocket without permessage-deflate, as ours runs (server/realtime.py): with the
-    per-frame compression of aiohttp's default the floor would not be a floor."""
-
-    async def __call__(self, environ: dict[str, Any]) -> Any:
-        self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
-        await self._sock.prepare(environ["aiohttp.request"])
-        self.environ = environ
-        await self.handler(self)
-        return self._sock
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from server.wire import PlainWebSocket  # (ours runs the same websocket)
 
 
 def build(bare: bool = False) -> web.Application:
     sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins="*", async_handlers=False)
     if not bare:  # the bare memory baseline keeps python-socketio's defaults (deflate included)
-        sio.eio._async = {**sio.eio._async, "websocket": _PlainWebSocket}
+        sio.eio._async = {**sio.eio._async, "websocket": PlainWebSocket}
     app = web.Application()
     sio.attach(app)
     if bare:
