@@ -1,7 +1,6 @@
 """Where realtime events go. Socket.IO rooms used across the server:
 
   user:<userId>         every authenticated socket of a user (any node)
-  session:<sessionId>   sockets authenticated with one session token (for invalidation)
   queue                 sockets that sent queue:join (scoped presence, §7 E13)
   r:<roomId>:<userId>   a participant's sockets inside a call room (signalling goes only there)
 
@@ -19,10 +18,6 @@ QUEUE = "queue"
 
 def user_room(user_id: str) -> str:
     return f"user:{user_id}"
-
-
-def session_room(session_id: str) -> str:
-    return f"session:{session_id}"
 
 
 def member_room(room_id: str, user_id: str) -> str:

@@ -278,7 +278,6 @@ class Realtime:
             handle.cancel()
         await self.sio.enter_room(sid, emit.user_room(uid))
         sender.bound_ms = now_ms()  # from here on, every emit to the user reaches this socket
-        await self.sio.enter_room(sid, emit.session_room(sess))
         arrival = await self.registry.register(sender)
         if self.local.get(sid) is not sender or not self.sio.manager.is_connected(sid, "/"):
             # The socket went away while we were binding it (or while `auth` waited on Postgres, before

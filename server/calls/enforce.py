@@ -62,10 +62,12 @@ async def end_invites(deps: Deps, user_id: str) -> None:
 async def invalidate_sessions(deps: Deps, session_ids: list[str], delay_s: float = 1.0) -> None:
     """A newer login replaced these sessions: notify their sockets, then disconnect them (§6 D12)."""
     await sessions.revoked(deps, session_ids)
+    # To each socket of these sessions, wherever it is (presence keeps them per session: a Socket.IO room
+    # per session cost every socket a room's memory for this rare message).
     for sess in session_ids:
-        await deps.sio.emit("session:invalidated", {
-            "message": "You signed in on another device. This session has ended.", "reason": "new_login"},
-            to=emit.session_room(sess))
+        for sid in await deps.redis.smembers(f"sess:{sess}:sids"):
+            await emit.to_sid(deps, str(sid), "session:invalidated", {
+                "message": "You signed in on another device. This session has ended.", "reason": "new_login"})
     await disconnect_sessions(deps, session_ids, delay_s)
 
 
