@@ -36,3 +36,27 @@ async def make_moderator(client: Any, db: asyncpg.Connection, email: str, role: 
     assert resp.status == 200, await resp.text()
     await db.execute("UPDATE users SET role = $2 WHERE id = $1", g["userId"], role)
     return {**g, "email": email, "password": password}
+
+
+async def post_json(http: Any, url: str, body: Any, token: str | None = None,
+                    headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """POST a JSON body with an aiohttp session (optionally as `token`): (status, JSON answer)."""
+    h = {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
+    async with http.post(url, json=body, headers=h) as resp:
+        return resp.status, await resp.json()
+
+
+async def moderator_on(http: Any, db: asyncpg.Connection, node: Any, users: Any) -> tuple[dict[str, Any], str]:
+    """A moderator account of the multinode `users` fixture, signed in at /admin/login on `node`:
+    (user, admin token)."""
+    mod = await users.make(node, "Mod")
+    status, body = await post_json(http, f"{node.url}/auth/link", {"sessionToken": mod["sessionToken"],
+                                                                   "email": "mod@example.com",
+                                                                   "password": "moderator pass 1"})
+    assert status == 200, body
+    async with users.lock:
+        await db.execute("UPDATE users SET role = 'moderator' WHERE id = $1", mod["userId"])
+    status, body = await post_json(http, f"{node.url}/admin/login", {"username": "mod@example.com",
+                                                                     "password": "moderator pass 1"})
+    assert status == 200, body
+    return mod, body["adminToken"]

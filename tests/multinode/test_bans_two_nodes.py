@@ -13,35 +13,10 @@ import statistics
 import time
 from typing import Any
 
-import aiohttp
-
-from tests.moderation_kit import met
-from tests.multinode.conftest import Node
+from tests.moderation_kit import met, moderator_on, post_json
 from tests.rt import Peer
 
 SAMPLES = int(os.environ.get("BAN_LATENCY_SAMPLES", "10"))
-
-
-async def _post(http: aiohttp.ClientSession, url: str, body: Any, token: str | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    h = {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
-    async with http.post(url, json=body, headers=h) as resp:
-        return resp.status, await resp.json()
-
-
-async def _moderator(http, db, node: Node, users) -> tuple[dict[str, Any], str]:
-    """A moderator account signed in at /admin/login on `node`: (user, admin token)."""
-    mod = await users.make(node, "Mod")
-    status, body = await _post(http, f"{node.url}/auth/link", {"sessionToken": mod["sessionToken"],
-                                                                "email": "mod@example.com",
-                                                                "password": "moderator pass 1"})
-    assert status == 200, body
-    async with users.lock:
-        await db.execute("UPDATE users SET role = 'moderator' WHERE id = $1", mod["userId"])
-    status, body = await _post(http, f"{node.url}/admin/login", {"username": "mod@example.com",
-                                                                  "password": "moderator pass 1"})
-    assert status == 200, body
-    return mod, body["adminToken"]
 
 
 def _stamp_disconnect(p: Peer, stamps: dict[str, float]) -> None:
@@ -58,7 +33,7 @@ async def test_four_reporters_on_two_nodes_at_once_make_one_ban(users, peers, n1
             await met(db, bad["userId"], r["userId"])
     on1, on2 = await peers(n1, bad, "bad@n1"), await peers(n2, bad, "bad@n2")
     results = await asyncio.gather(*(
-        _post(http, f"{(n1 if i % 2 else n2).url}/report/user", {"reportedUserId": bad["userId"], "reason": "x"},
+        post_json(http, f"{(n1 if i % 2 else n2).url}/report/user", {"reportedUserId": bad["userId"], "reason": "x"},
               r["sessionToken"]) for i, r in enumerate(reporters)))
     assert [s for s, _ in results] == [200] * 8, results
     assert sum(1 for _, b in results if b["autoBanned"]) == 1
@@ -75,7 +50,7 @@ async def test_four_reporters_on_two_nodes_at_once_make_one_ban(users, peers, n1
 
 async def test_ban_mid_call_cuts_every_node_within_a_second_and_finalises_the_partner(users, peers, n1, n2, db,
                                                                                       http):
-    _mod, admin_token = await _moderator(http, db, n1, users)
+    _mod, admin_token = await moderator_on(http, db, n1, users)
     partner, bad = await users.make(n1, "Partner"), await users.make(n2, "Bad", gender="male")
     pp = await peers(n1, partner, "partner@n1")
     pb = await peers(n2, bad, "bad@n2")
@@ -94,7 +69,7 @@ async def test_ban_mid_call_cuts_every_node_within_a_second_and_finalises_the_pa
 
     t0 = time.monotonic()
     # The admin token from node 1 works on node 2 (admin sessions live in the shared store).
-    status, body = await _post(http, f"{n2.url}/mod/users/{bad['userId']}/ban",
+    status, body = await post_json(http, f"{n2.url}/mod/users/{bad['userId']}/ban",
                                {"status": "permanent", "reason": "abuse"}, admin_token)
     assert status == 200 and body["banStatus"] == "permanent", body
     fin = await pp.wait("session:finalized")
@@ -121,7 +96,7 @@ async def test_ban_mid_call_cuts_every_node_within_a_second_and_finalises_the_pa
 async def test_ban_to_disconnect_latency_across_nodes(users, peers, n1, n2, db, http):
     """SAMPLES bans, each of a user with one socket on each node; the ban is requested on node 1.
     Prints p50/p99 of request-to-last-socket-disconnected; every one must be under 1 s."""
-    _mod, admin_token = await _moderator(http, db, n1, users)
+    _mod, admin_token = await moderator_on(http, db, n1, users)
     victims = await asyncio.gather(*(users.make(n2, f"V{i}") for i in range(SAMPLES)))
     latencies = []
     for i, v in enumerate(victims):
@@ -130,7 +105,7 @@ async def test_ban_to_disconnect_latency_across_nodes(users, peers, n1, n2, db, 
         for p in ps:
             _stamp_disconnect(p, stamps)
         t0 = time.monotonic()
-        status, _ = await _post(http, f"{n1.url}/mod/users/{v['userId']}/ban", {"status": "permanent"},
+        status, _ = await post_json(http, f"{n1.url}/mod/users/{v['userId']}/ban", {"status": "permanent"},
                                 admin_token)
         assert status == 200
         for p in ps:

@@ -4,10 +4,9 @@ request on either node (the change's control message reaches every node before i
 
 from __future__ import annotations
 
-from typing import Any
-
 import aiohttp
 
+from tests.moderation_kit import moderator_on, post_json
 from tests.multinode.conftest import Node
 
 
@@ -27,27 +26,22 @@ async def _warm(http: aiohttp.ClientSession, nodes: tuple[Node, Node], token: st
             assert await _status(http, node, token) == 200
 
 
-async def _post(http: aiohttp.ClientSession, url: str, body: Any, token: str | None = None) -> tuple[int, Any]:
-    async with http.post(url, json=body, headers=_h(token) if token else {}) as resp:
-        return resp.status, await resp.json()
-
-
 async def test_logout_on_one_node_is_refused_next_on_both(users, n1, n2, http):
     u = await users.make(n1, "Out")
     await _warm(http, (n1, n2), u["sessionToken"])
-    status, _ = await _post(http, f"{n2.url}/auth/logout", None, u["sessionToken"])
+    status, _ = await post_json(http, f"{n2.url}/auth/logout", None, u["sessionToken"])
     assert status == 200
     assert [await _status(http, n, u["sessionToken"]) for n in (n1, n2)] == [401, 401]
 
 
 async def test_a_newer_login_is_refused_next_on_both(users, n1, n2, http):
     u = await users.make(n1, "Twice")
-    status, body = await _post(http, f"{n1.url}/auth/link", {"sessionToken": u["sessionToken"],
+    status, body = await post_json(http, f"{n1.url}/auth/link", {"sessionToken": u["sessionToken"],
                                                               "email": "twice@example.com",
                                                               "password": "a long password 1"})
     assert status == 200, body
     await _warm(http, (n1, n2), u["sessionToken"])
-    status, body = await _post(http, f"{n1.url}/auth/login", {"email": "twice@example.com",
+    status, body = await post_json(http, f"{n1.url}/auth/login", {"email": "twice@example.com",
                                                                "password": "a long password 1"})
     assert status == 200 and body["sessionInvalidated"] is True, body
     assert [await _status(http, n, u["sessionToken"]) for n in (n1, n2)] == [401, 401]
@@ -55,20 +49,11 @@ async def test_a_newer_login_is_refused_next_on_both(users, n1, n2, http):
 
 
 async def test_a_ban_is_refused_next_on_both(users, n1, n2, http, db):
-    mod = await users.make(n1, "Mod")
-    status, body = await _post(http, f"{n1.url}/auth/link", {"sessionToken": mod["sessionToken"],
-                                                              "email": "mod@example.com",
-                                                              "password": "moderator pass 1"})
-    assert status == 200, body
-    async with users.lock:
-        await db.execute("UPDATE users SET role = 'moderator' WHERE id = $1", mod["userId"])
-    status, body = await _post(http, f"{n1.url}/admin/login", {"username": "mod@example.com",
-                                                                "password": "moderator pass 1"})
-    assert status == 200, body
+    _mod, admin_token = await moderator_on(http, db, n1, users)
     bad = await users.make(n2, "Bad")
     await _warm(http, (n1, n2), bad["sessionToken"])
-    status, body = await _post(http, f"{n1.url}/mod/users/{bad['userId']}/ban",
-                               {"status": "permanent", "reason": "abuse"}, body["adminToken"])
+    status, body = await post_json(http, f"{n1.url}/mod/users/{bad['userId']}/ban",
+                               {"status": "permanent", "reason": "abuse"}, admin_token)
     assert status == 200, body
     assert [await _status(http, n, bad["sessionToken"]) for n in (n1, n2)] == [403, 403]
 
