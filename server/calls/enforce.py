@@ -65,8 +65,8 @@ async def invalidate_sessions(deps: Deps, session_ids: list[str], delay_s: float
     # To each socket of these sessions, wherever it is (presence keeps them per session: a Socket.IO room
     # per session cost every socket a room's memory for this rare message).
     for sess in session_ids:
-        for sid in await deps.redis.smembers(f"sess:{sess}:sids"):
-            await emit.to_sid(deps, str(sid), "session:invalidated", {
+        for sid in await presence.session_sids(deps.redis, sess):
+            await emit.to_sid(deps, sid, "session:invalidated", {
                 "message": "You signed in on another device. This session has ended.", "reason": "new_login"})
     await disconnect_sessions(deps, session_ids, delay_s)
 
@@ -79,7 +79,7 @@ async def disconnect_sessions(deps: Deps, session_ids: list[str], delay_s: float
     async def _cut() -> None:
         await asyncio.sleep(delay_s)
         for sess in session_ids:
-            for sid in await deps.redis.smembers(f"sess:{sess}:sids"):
+            for sid in await presence.session_sids(deps.redis, sess):
                 with contextlib.suppress(Exception):
                     await deps.sio.disconnect(sid)
 

@@ -4,7 +4,6 @@ exactly once with one durable history row per participant."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import time
@@ -254,11 +253,7 @@ async def restore_unwritten(deps: Deps) -> int:
         if time.monotonic() - at > _UNWRITTEN_MAX_AGE_S:
             _unwritten.pop(room_id, None)
             continue
-        try:
-            written = not await store.is_live_call(deps.db, room_id)
-        except timers.DB_FAILED:
-            written = False
-        if written:
+        if await _written(deps, room_id):
             _unwritten.pop(room_id, None)
             continue
         if await state.refinalize(deps.redis, room_id, room, chat, timers.now_ms(), timers.now_ms() + timers.RETRY_MS):
@@ -277,10 +272,17 @@ async def prune_unwritten(deps: Deps) -> None:
         ttl = await deps.redis.ttl(f"room:{room_id}")
         if ttl >= 0:  # mark_persisted set its expiry (TTL rounds: 0 is under half a second left)
             _unwritten.pop(room_id, None)
-        elif ttl == -2:  # gone: written and expired, or Redis lost it (then keep it while unsure)
-            with contextlib.suppress(*timers.DB_FAILED):
-                if not await store.is_live_call(deps.db, room_id):
-                    _unwritten.pop(room_id, None)
+        elif ttl == -2 and await _written(deps, room_id):  # gone: written and expired, or Redis lost it
+            _unwritten.pop(room_id, None)
+
+
+async def _written(deps: Deps, room_id: str) -> bool:
+    """Is the call's history written? Its durable live record is gone (the write ends it in the same
+    transaction). False while Postgres cannot say."""
+    try:
+        return not await store.is_live_call(deps.db, room_id)
+    except timers.DB_FAILED:
+        return False
 
 
 async def _tell_finalized(deps: Deps, room_id: str, users: tuple[str, str], session_id: str, reason: str) -> None:

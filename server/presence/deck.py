@@ -141,10 +141,9 @@ class Deck:
         now = time.monotonic()
         age = now - self.snapshot.at
         if not self.dirty and age < self.max_age_s:
-            if age >= self.max_age_s / 2 and self._refresh is None:
-                # Past half its age and nothing changed: rebuild behind this request, so under a
-                # steady flow of requests none of them waits for a max-age rebuild.
-                self._refresh = asyncio.create_task(self._refresh_in_background(deps))
+            # Past half its age and nothing changed: rebuild behind this request, so under a steady
+            # flow of requests none of them waits for a max-age rebuild.
+            self.keep_fresh(deps, self.max_age_s)
             return self.snapshot
         async with self._lock:  # concurrent requests share one rebuild
             now = time.monotonic()

@@ -157,6 +157,11 @@ async def heartbeat(redis: aioredis.Redis, node: str, now_ms: int) -> None:
     await redis.hset("nodes", node, now_ms)
 
 
+async def session_sids(redis: aioredis.Redis, session_id: str) -> set[str]:
+    """The sockets authenticated with one session, on any node."""
+    return {str(s) for s in await redis.smembers(f"sess:{session_id}:sids")}
+
+
 async def node_sids(redis: aioredis.Redis, node: str) -> set[str]:
     return {str(s) for s in await redis.smembers(f"node:{node}:sids")}
 
