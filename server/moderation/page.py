@@ -32,7 +32,9 @@ def is_stub(path: str) -> bool:
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: every stub response (and nosniff on every response)."""
+    """on_response_prepare: every stub response (and nosniff on every response with a body)."""
+    if response.status == 101:
+        return  # a websocket: no body to sniff, and its headers live as long as the socket (~0.4 KB)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     if is_stub(request.path):
         response.headers["Content-Security-Policy"] = CSP
