@@ -10,6 +10,13 @@ realtime.attach().
   queue.get() in asyncio.wait_for, which on Python 3.11 creates a task each time, i.e. one task per
   packet per recipient. A profile of one node under 1,000 users put 15% of its CPU there
   (_ensure_future 8.6%, wait_for 6.1%). asyncio.timeout (3.11+) bounds the same wait in place.
+* A packet for a socket whose websocket writer is parked on an empty queue is written by the sender
+  itself (AsyncSocket.send below): the writer would only be woken to write that one frame, and a
+  broadcast to N sockets woke N writers. Order is kept: the path is taken only while nothing is
+  queued and the writer is not mid-write, and each frame reaches the transport when it is sent.
+* Each socket's reader waits for the next packet in its own task, under one idle timer per ping
+  window: engine.io's handler made a task and a wait_for (a timer, a future) per received packet,
+  and kept both alive on every idle socket.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any
 
 import socketio
 from aiohttp.web import WebSocketResponse
-from engineio import async_socket, exceptions
+from engineio import async_socket, exceptions, packet
 from engineio.async_drivers import aiohttp as eio_aiohttp
 
 
@@ -30,6 +37,12 @@ class PlainWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
         self.environ = environ
         await self.handler(self)
         return self._sock
+
+    async def send(self, message: str | bytes) -> None:  # the base class asks inspect on every call
+        if isinstance(message, bytes):
+            await self._sock.send_bytes(message)
+        else:
+            await self._sock.send_str(message)
 
 
 class SlimQueue:
@@ -49,6 +62,10 @@ class SlimQueue:
 
     def qsize(self) -> int:
         return len(self._items)
+
+    def parked(self) -> bool:
+        """Nothing queued and a reader waiting for it."""
+        return bool(self._getters) and not self._items
 
     def put_nowait(self, item: Any) -> None:
         self._items.append(item)
@@ -121,9 +138,142 @@ async def _poll(self: Any) -> list[Any]:
     return packets
 
 
+async def _send(self: Any, pkt: Any) -> None:
+    """engine.io 4.x AsyncSocket.send, with the direct path (module docstring)."""
+    if not await self.check_ping_timeout():
+        return
+    ws = self.direct_ws
+    if ws is not None and self.queue.parked():
+        try:
+            await ws.send(pkt.encode())
+            return
+        except Exception:  # the writer meets it again with this packet and ends the socket
+            pass
+    await self.queue.put(pkt)
+
+
+async def _websocket_handler(self: Any, ws: Any) -> None:
+    """engine.io 4.x AsyncSocket._websocket_handler: the upgrade handshake as there; the writer offers
+    the direct path while it runs; the reader waits without a task or a timer per packet."""
+    server = self.server
+
+    async def websocket_wait() -> Any:
+        data = await ws.wait()
+        if data and len(data) > server.max_http_buffer_size:
+            raise ValueError("packet is too large")
+        return data
+
+    if self.connected:
+        # the socket was already connected, so this is an upgrade
+        self.upgrading = True
+        try:
+            pkt = await websocket_wait()
+        except OSError:
+            return
+        decoded = packet.Packet(encoded_packet=pkt)
+        if decoded.packet_type != packet.PING or decoded.data != "probe":
+            server.logger.info("%s: Failed websocket upgrade, no PING packet", self.sid)
+            self.upgrading = False
+            return
+        await ws.send(packet.Packet(packet.PONG, data="probe").encode())
+        await self.queue.put(packet.Packet(packet.NOOP))  # end poll
+        try:
+            pkt = await websocket_wait()
+        except OSError:
+            self.upgrading = False
+            return
+        decoded = packet.Packet(encoded_packet=pkt)
+        if decoded.packet_type != packet.UPGRADE:
+            self.upgraded = False
+            server.logger.info("%s: Failed websocket upgrade, expected UPGRADE packet, received %s instead.",
+                               self.sid, pkt)
+            self.upgrading = False
+            return
+        self.upgraded = True
+        self.upgrading = False
+    else:
+        self.connected = True
+        self.upgraded = True
+
+    async def writer() -> None:
+        self.direct_ws = ws
+        try:
+            while True:
+                try:
+                    packets = await self.poll()
+                except exceptions.QueueEmpty:
+                    break
+                if not packets:
+                    break  # the close marker
+                try:
+                    for pkt in packets:
+                        await ws.send(pkt.encode())
+                except BaseException:  # as engine.io: any failure ends the writer
+                    break
+        finally:
+            self.direct_ws = None
+        await ws.close()
+
+    writer_task = asyncio.ensure_future(writer())
+    server.logger.info("%s: Upgrade to websocket successful", self.sid)
+
+    # The client pings (answers the server's pings) within the ping window, or is gone.
+    window = server.ping_interval + server.ping_timeout
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+    waiting_since: float | None = None
+    expired = False
+    timer: asyncio.TimerHandle | None = None
+
+    def check() -> None:
+        nonlocal timer, expired
+        now = loop.time()
+        if waiting_since is not None and now >= waiting_since + window:
+            expired = True
+            if me is not None:
+                me.cancel()
+            return
+        timer = loop.call_at((waiting_since if waiting_since is not None else now) + window, check)
+
+    timer = loop.call_at(loop.time() + window, check)
+    try:
+        while True:
+            waiting_since = loop.time()
+            try:
+                p = await websocket_wait()
+            except asyncio.CancelledError:
+                if expired and me is not None:
+                    me.uncancel()
+                break  # as engine.io, a cancelled reader still ends the socket below (disconnect handlers)
+            except BaseException:  # as engine.io: a broken transport ends the reader
+                break
+            finally:
+                waiting_since = None
+            if p is None:
+                break  # connection closed by client
+            try:
+                await self.receive(packet.Packet(encoded_packet=p))
+            except exceptions.UnknownPacketError:
+                pass
+            except exceptions.SocketIsClosedError:
+                server.logger.info("Receive error -- socket is closed")
+                break
+            except Exception:
+                server.logger.exception("Unknown receive error")
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+    await self.queue.put(None)  # unlock the writer task so it can exit
+    await writer_task
+    await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+
+
 def install(sio: socketio.AsyncServer) -> None:
     sio.eio._async = {**sio.eio._async, "websocket": PlainWebSocket}  # per server, not the module's dict
     sio.eio.create_queue = SlimQueue  # each engine.io socket's queue (base_socket.py), on this server only
     # The socket class is fixed inside engine.io (no per-server hook): the method is replaced on it.
     async_socket.AsyncSocket.poll = _poll
-
+    async_socket.AsyncSocket.send = _send
+    async_socket.AsyncSocket._websocket_handler = _websocket_handler
+    async_socket.AsyncSocket.direct_ws = None

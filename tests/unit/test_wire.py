@@ -5,9 +5,11 @@ import asyncio
 from types import SimpleNamespace
 
 import pytest
-from engineio import exceptions
+import socketio
+from engineio import async_socket, exceptions
+from engineio import packet as eio_packet
 
-from server.wire import SlimQueue, _poll
+from server.wire import SlimQueue, _poll, install
 
 QUEUES = pytest.mark.parametrize("make_queue", [SlimQueue, asyncio.Queue], ids=["slim", "asyncio"])
 
@@ -103,3 +105,111 @@ async def test_two_readers_each_get_one_packet(make_queue):
     q.put_nowait(1)
     q.put_nowait(2)
     assert sorted(await asyncio.wait_for(asyncio.gather(*readers), 1)) == [1, 2]
+
+
+# ---- the websocket handler: the direct path and the reader's idle window (a real engine.io socket
+# of a real, unbound server, over a scripted websocket)
+
+class ScriptedWebSocket:
+    def __init__(self, fail_sends: bool = False) -> None:
+        self.incoming: asyncio.Queue = asyncio.Queue()
+        self.sent: list[str] = []
+        self.closed = asyncio.Event()
+        self.fail_sends = fail_sends
+
+    async def wait(self):
+        msg = await self.incoming.get()
+        if msg is None:
+            raise OSError("closed")  # as the aiohttp driver does for a close frame
+        return msg
+
+    async def send(self, message):
+        if self.fail_sends:
+            raise ConnectionResetError("Cannot write to closing transport")
+        self.sent.append(message)
+
+    async def close(self):
+        self.closed.set()
+
+
+def _server(window_s: float = 30.0):
+    sio = socketio.AsyncServer(async_mode="aiohttp", ping_interval=window_s / 2, ping_timeout=window_s / 2)
+    install(sio)
+    got: list[str] = []
+    gone: list[str] = []
+
+    @sio.eio.on("message")
+    async def _message(_sid, data):
+        got.append(data)
+
+    @sio.eio.on("disconnect")
+    async def _gone(_sid, reason):
+        gone.append(reason)
+
+    return sio.eio, got, gone
+
+
+async def _open(eio, ws):
+    sock = async_socket.AsyncSocket(eio, "s1")
+    eio.sockets["s1"] = sock
+    handler = asyncio.ensure_future(sock._websocket_handler(ws))
+    for _ in range(100):  # until the writer is parked on the empty queue
+        await asyncio.sleep(0)
+        if sock.queue.parked():
+            break
+    assert sock.queue.parked()
+    return sock, handler
+
+
+async def test_a_packet_for_a_parked_writer_is_written_by_the_sender():
+    eio, _, _ = _server()
+    ws = ScriptedWebSocket()
+    sock, handler = await _open(eio, ws)
+    await sock.send(eio_packet.Packet(eio_packet.MESSAGE, "x"))
+    assert ws.sent == ["4x"]  # at once: no writer had to run
+    assert sock.queue.parked()
+    ws.incoming.put_nowait(None)
+    await asyncio.wait_for(handler, 2)
+
+
+async def test_packets_queued_first_keep_their_order():
+    eio, _, _ = _server()
+    ws = ScriptedWebSocket()
+    sock, handler = await _open(eio, ws)
+    sock.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, "a"))  # the writer is woken, not yet run
+    await sock.send(eio_packet.Packet(eio_packet.MESSAGE, "b"))  # so this one queues behind it
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if len(ws.sent) == 2:
+            break
+    assert ws.sent == ["4a", "4b"]
+    await sock.send(eio_packet.Packet(eio_packet.MESSAGE, "c"))
+    assert ws.sent == ["4a", "4b", "4c"]
+    ws.incoming.put_nowait(None)
+    await asyncio.wait_for(handler, 2)
+
+
+async def test_a_failed_direct_write_ends_the_socket():
+    eio, _, gone = _server()
+    ws = ScriptedWebSocket(fail_sends=True)
+    sock, handler = await _open(eio, ws)
+    await sock.send(eio_packet.Packet(eio_packet.MESSAGE, "x"))  # fails here, queued for the writer
+    await asyncio.wait_for(ws.closed.wait(), 2)  # the writer failed with it too and closed the websocket
+    assert sock.direct_ws is None
+    ws.incoming.put_nowait(None)
+    await asyncio.wait_for(handler, 2)
+    assert sock.closed and gone == ["transport close"]
+
+
+async def test_received_packets_reach_the_server_and_a_silent_client_is_dropped_after_the_window():
+    eio, got, gone = _server(window_s=0.3)
+    ws = ScriptedWebSocket()
+    sock, handler = await _open(eio, ws)
+    for i in range(3):
+        ws.incoming.put_nowait(f"4m{i}")
+        await asyncio.sleep(0.2)  # each packet restarts the window: 0.6 s in all, over 0.3 s windows
+    assert got == ["m0", "m1", "m2"]
+    assert not handler.done()
+    await asyncio.wait_for(handler, 2)  # then silence: the reader gives up after one window
+    assert sock.closed and gone == ["transport close"]
+    assert ws.closed.is_set()
