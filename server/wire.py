@@ -13,7 +13,8 @@ realtime.attach().
 * A packet for a socket whose websocket writer is parked on an empty queue is written by the sender
   itself (AsyncSocket.send below): the writer would only be woken to write that one frame, and a
   broadcast to N sockets woke N writers. Order is kept: the path is taken only while nothing is
-  queued and the writer is not mid-write, and each frame reaches the transport when it is sent.
+  queued and the writer is not mid-write, and each frame reaches the transport when it is sent. It is
+  never taken for a client that is behind (data still buffered for it), so a write there cannot wait.
 * Each socket's reader waits for the next packet in its own task, under one idle timer per ping
   window: engine.io's handler made a task and a wait_for (a timer, a future) per received packet,
   and kept both alive on every idle socket.
@@ -29,14 +30,25 @@ from aiohttp.web import WebSocketResponse
 from engineio import async_socket, exceptions, packet
 from engineio.async_drivers import aiohttp as eio_aiohttp
 
+DIRECT_MAX = 16 * 1024  # bytes: a frame the sender writes itself stays far below any high-water mark
+
 
 class PlainWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
     async def __call__(self, environ: dict[str, Any]) -> Any:
+        request = environ["aiohttp.request"]
         self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
-        await self._sock.prepare(environ["aiohttp.request"])
+        await self._sock.prepare(request)
+        self.transport = request.transport
         self.environ = environ
         await self.handler(self)
         return self._sock
+
+    def can_write_now(self, message: str | bytes) -> bool:
+        """Writing `message` cannot wait for the client: nothing is buffered ahead of it (the client
+        keeps up) and it is far below the transport's high-water mark. A sender writing for a slow
+        client would otherwise stall its whole broadcast (or the cross-node listener) on that client."""
+        t = self.transport
+        return t is not None and not t.is_closing() and t.get_write_buffer_size() == 0 and len(message) < DIRECT_MAX
 
     async def send(self, message: str | bytes) -> None:  # the base class asks inspect on every call
         if isinstance(message, bytes):
@@ -144,11 +156,13 @@ async def _send(self: Any, pkt: Any) -> None:
         return
     ws = self.direct_ws
     if ws is not None and self.queue.parked():
-        try:
-            await ws.send(pkt.encode())
-            return
-        except Exception:  # the writer meets it again with this packet and ends the socket
-            pass
+        data = pkt.encode()
+        if ws.can_write_now(data):
+            try:
+                await ws.send(data)
+                return
+            except Exception:  # the writer meets it again with this packet and ends the socket
+                pass
     await self.queue.put(pkt)
 
 

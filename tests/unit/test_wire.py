@@ -116,6 +116,10 @@ class ScriptedWebSocket:
         self.sent: list[str] = []
         self.closed = asyncio.Event()
         self.fail_sends = fail_sends
+        self.behind = False  # data still buffered for the client
+
+    def can_write_now(self, message):
+        return not self.behind
 
     async def wait(self):
         msg = await self.incoming.get()
@@ -185,6 +189,22 @@ async def test_packets_queued_first_keep_their_order():
     assert ws.sent == ["4a", "4b"]
     await sock.send(eio_packet.Packet(eio_packet.MESSAGE, "c"))
     assert ws.sent == ["4a", "4b", "4c"]
+    ws.incoming.put_nowait(None)
+    await asyncio.wait_for(handler, 2)
+
+
+async def test_a_client_that_is_behind_gets_its_packets_through_its_writer():
+    eio, _, _ = _server()
+    ws = ScriptedWebSocket()
+    sock, handler = await _open(eio, ws)
+    ws.behind = True
+    await sock.send(eio_packet.Packet(eio_packet.MESSAGE, "x"))
+    assert ws.sent == []  # the sender did not write (a write there could wait for the client)
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if ws.sent:
+            break
+    assert ws.sent == ["4x"]  # the socket's own writer did
     ws.incoming.put_nowait(None)
     await asyncio.wait_for(handler, 2)
 
