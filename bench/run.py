@@ -30,6 +30,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import redis
 import redis.asyncio as aioredis
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,6 +71,13 @@ def _rss_kb(pid: int) -> int:
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, all cores (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 class NullNode:
@@ -122,6 +130,15 @@ class Bench:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def nodes(self, count: int, env: dict[str, str] | None = None) -> list[Node]:
+        # Each scenario's nodes start on an empty Redis: the presence the stopped nodes of an earlier
+        # scenario left behind would otherwise be reaped during this one's measurement (after the
+        # 10k-socket memory run, 2,738 presence:update frames arrived during a 5 s relay run).
+        assert self.settings
+        flush = redis.Redis.from_url(self.settings.redis_url)
+        try:
+            flush.flushdb()
+        finally:
+            flush.close()
         tag = uuid.uuid4().hex[:6]
         nodes = [Node(f"bench-{tag}-{i + 1}", {**self.env, **(env or {})}).start() for i in range(count)]
         time.sleep(SETTLE_S)
@@ -183,6 +200,7 @@ class Bench:
     def loadgen(self, spec: dict[str, Any], on_ready: Any = None) -> dict[str, Any]:
         path = self.root / f"spec-{uuid.uuid4().hex[:6]}.json"
         path.write_text(json.dumps(spec))
+        busy0, total0 = _machine_jiffies()
         proc = subprocess.Popen(["node", str(REPO / "bench" / "loadgen.mjs"), str(path)], stdout=subprocess.PIPE,
                                 stdin=subprocess.PIPE, text=True)
         assert proc.stdout and proc.stdin
@@ -197,7 +215,10 @@ class Bench:
         lines = [json.loads(x) for x in out.splitlines() if x.strip()]
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"load generator failed ({proc.returncode}): {out[-2000:]}")
-        return lines[-1]
+        busy1, total1 = _machine_jiffies()
+        # How busy all cores were during the run (generator, nodes, Redis, Postgres, everyone else): near
+        # 1.0, the machine is the bottleneck and another node has no core to run on.
+        return {**lines[-1], "machineBusy": round((busy1 - busy0) / max(total1 - total0, 1), 2)}
 
     # ---- scenarios
     async def cycles(self) -> None:
@@ -247,7 +268,7 @@ class Bench:
     def _print_cycles(self, results: dict[str, Any], n: int) -> None:
         print(f"\n== closed-loop cycles, {n} users, {self.args.rounds} rounds (ratios vs the null server of this run)")
         print(f"{'server':<14}{'cycles/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'setup p99':>10}{'failed':>8}"
-              f"{'vs null':>9}{'gen CPU':>9}{'srv ms/cyc':>11}{'redis/cyc':>10}{'pg tx/cyc':>10}")
+              f"{'vs null':>9}{'gen CPU':>9}{'machine':>8}{'srv ms/cyc':>11}{'redis/cyc':>10}{'pg tx/cyc':>10}")
         null = results.get(f"null/{n}", {})
         for key, r in results.items():
             if not key.endswith(f"/{n}"):
@@ -255,7 +276,7 @@ class Bench:
             ratio = r["cyclesPerSecond"] / null["cyclesPerSecond"] if null.get("cyclesPerSecond") else float("nan")
             print(f"{key.split('/')[0]:<14}{r['cyclesPerSecond']:>10.1f}{r['cycleMs']['p50'] or 0:>9.1f}"
                   f"{r['cycleMs']['p99'] or 0:>9.1f}{r['setupMs']['p99'] or 0:>10.1f}{r['failed']:>8}"
-                  f"{ratio:>9.2f}{r['generatorCpuShare']:>9.2f}"
+                  f"{ratio:>9.2f}{r['generatorCpuShare']:>9.2f}{r.get('machineBusy', 0):>8.2f}"
                   f"{1000 * r.get('serverCpuSeconds', 0) / max(r['ok'], 1):>11.1f}"
                   f"{r.get('redisCommandsPerCycle', ''):>10}{r.get('pgTransactionsPerCycle', ''):>10}")
             if r["failReasons"]:
