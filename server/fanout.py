@@ -29,6 +29,8 @@ import structlog
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
+from server import wire
+
 log = structlog.get_logger(__name__)
 
 CHANNEL = "napalm:sio"
@@ -156,6 +158,7 @@ class NodeManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
         eio_pkts: list[Any] | None = None
         reached: list[str] | None = [] if event in self.watched else None
+        sockets = self.server.eio.sockets
         for sid, eio_sid in self._recipients(event, data, namespace, room):
             if sid in skip:
                 continue
@@ -165,7 +168,10 @@ class NodeManager(socketio.AsyncRedisManager):  # type: ignore[misc]
                 encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args]).encode()
                 eio_pkts = [eio_packet.Packet(eio_packet.MESSAGE, p)
                             for p in (encoded if isinstance(encoded, list) else [encoded])]
+            sock = sockets.get(eio_sid)
             for p in eio_pkts:
+                if sock is not None and wire.write_now(sock, p):
+                    continue  # the same frame bytes for every socket that keeps up (wire.py)
                 with contextlib.suppress(Exception):  # a socket closing meanwhile
                     await self.server._send_eio_packet(eio_sid, p)
             self.stats.delivered_local += 1

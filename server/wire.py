@@ -15,6 +15,7 @@ realtime.attach().
   broadcast to N sockets woke N writers. Order is kept: the path is taken only while nothing is
   queued and the writer is not mid-write, and each frame reaches the transport when it is sent. It is
   never taken for a client that is behind (data still buffered for it), so a write there cannot wait.
+  A broadcast (fanout.py) builds the frame once and writes the same bytes to each such socket.
 * Each socket's reader waits for the next packet in its own task, under one idle timer per ping
   window: engine.io's handler made a task and a wait_for (a timer, a future) per received packet,
   and kept both alive on every idle socket.
@@ -23,6 +24,8 @@ realtime.attach().
 from __future__ import annotations
 
 import asyncio
+import struct
+import time
 from typing import Any
 
 import socketio
@@ -43,12 +46,16 @@ class PlainWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
         await self.handler(self)
         return self._sock
 
-    def can_write_now(self, message: str | bytes) -> bool:
-        """Writing `message` cannot wait for the client: nothing is buffered ahead of it (the client
-        keeps up) and it is far below the transport's high-water mark. A sender writing for a slow
-        client would otherwise stall its whole broadcast (or the cross-node listener) on that client."""
+    def write_now(self, frame: bytes) -> bool:
+        """Write a whole frame (text_frame()) if that cannot wait for the client: nothing is buffered
+        ahead of it (the client keeps up) and it is far below the transport's high-water mark. A sender
+        writing for a slow client would otherwise stall its whole broadcast (or the cross-node listener)
+        on that client. False: nothing was written."""
         t = self.transport
-        return t is not None and not t.is_closing() and t.get_write_buffer_size() == 0 and len(message) < DIRECT_MAX
+        if t is None or t.is_closing() or t.get_write_buffer_size() or self._sock.closed or len(frame) > DIRECT_MAX:
+            return False
+        t.write(frame)
+        return True
 
     async def send(self, message: str | bytes) -> None:  # the base class asks inspect on every call
         if isinstance(message, bytes):
@@ -150,20 +157,39 @@ async def _poll(self: Any) -> list[Any]:
     return packets
 
 
+def text_frame(data: str) -> bytes:
+    """A final, unmasked, uncompressed websocket text frame (RFC 6455 5.2): what a server sends."""
+    payload = data.encode()
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
+def write_now(socket: Any, pkt: Any) -> bool:
+    """Write engine.io packet `pkt` to `socket` here and now if that can neither wait nor overtake a
+    queued packet (module docstring). A broadcast builds the frame once for all its recipients (the
+    packet keeps it). False: nothing was written; send it the usual way."""
+    ws = socket.direct_ws
+    if ws is None or pkt.binary or socket.closed or not socket.queue.parked():
+        return False
+    last_ping = socket.last_ping
+    if last_ping and time.time() - last_ping > socket.server.ping_timeout:
+        return False  # the usual way finds the client gone and closes the socket
+    frame = getattr(pkt, "ws_frame", None)
+    if frame is None:
+        frame = pkt.ws_frame = text_frame(pkt.encode())
+    return bool(ws.write_now(frame))
+
+
 async def _send(self: Any, pkt: Any) -> None:
     """engine.io 4.x AsyncSocket.send, with the direct path (module docstring)."""
     if not await self.check_ping_timeout():
         return
-    ws = self.direct_ws
-    if ws is not None and self.queue.parked():
-        data = pkt.encode()
-        if ws.can_write_now(data):
-            try:
-                await ws.send(data)
-                return
-            except Exception:  # the writer meets it again with this packet and ends the socket
-                pass
-    await self.queue.put(pkt)
+    if not write_now(self, pkt):
+        await self.queue.put(pkt)
 
 
 async def _websocket_handler(self: Any, ws: Any) -> None:

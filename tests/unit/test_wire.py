@@ -6,10 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 import socketio
+from aiohttp._websocket.writer import WebSocketWriter
 from engineio import async_socket, exceptions
 from engineio import packet as eio_packet
 
-from server.wire import SlimQueue, _poll, install
+from server.wire import SlimQueue, _poll, install, text_frame
 
 QUEUES = pytest.mark.parametrize("make_queue", [SlimQueue, asyncio.Queue], ids=["slim", "asyncio"])
 
@@ -117,9 +118,15 @@ class ScriptedWebSocket:
         self.closed = asyncio.Event()
         self.fail_sends = fail_sends
         self.behind = False  # data still buffered for the client
+        self.written_now = 0
 
-    def can_write_now(self, message):
-        return not self.behind
+    def write_now(self, frame):
+        if self.behind:
+            return False
+        assert frame[0] == 0x81 and frame[1] < 126  # a final text frame, short here
+        self.sent.append(frame[2:].decode())
+        self.written_now += 1
+        return True
 
     async def wait(self):
         msg = await self.incoming.get()
@@ -170,7 +177,7 @@ async def test_a_packet_for_a_parked_writer_is_written_by_the_sender():
     ws = ScriptedWebSocket()
     sock, handler = await _open(eio, ws)
     await sock.send(eio_packet.Packet(eio_packet.MESSAGE, "x"))
-    assert ws.sent == ["4x"]  # at once: no writer had to run
+    assert ws.sent == ["4x"] and ws.written_now == 1  # at once: no writer had to run
     assert sock.queue.parked()
     ws.incoming.put_nowait(None)
     await asyncio.wait_for(handler, 2)
@@ -204,16 +211,17 @@ async def test_a_client_that_is_behind_gets_its_packets_through_its_writer():
         await asyncio.sleep(0)
         if ws.sent:
             break
-    assert ws.sent == ["4x"]  # the socket's own writer did
+    assert ws.sent == ["4x"] and ws.written_now == 0  # the socket's own writer did
     ws.incoming.put_nowait(None)
     await asyncio.wait_for(handler, 2)
 
 
-async def test_a_failed_direct_write_ends_the_socket():
+async def test_a_failed_write_ends_the_socket():
     eio, _, gone = _server()
     ws = ScriptedWebSocket(fail_sends=True)
+    ws.behind = True
     sock, handler = await _open(eio, ws)
-    await sock.send(eio_packet.Packet(eio_packet.MESSAGE, "x"))  # fails here, queued for the writer
+    await sock.send(eio_packet.Packet(eio_packet.MESSAGE, "x"))  # queued for the writer, whose send fails
     await asyncio.wait_for(ws.closed.wait(), 2)  # the writer failed with it too and closed the websocket
     assert sock.direct_ws is None
     ws.incoming.put_nowait(None)
@@ -233,3 +241,13 @@ async def test_received_packets_reach_the_server_and_a_silent_client_is_dropped_
     await asyncio.wait_for(handler, 2)  # then silence: the reader gives up after one window
     assert sock.closed and gone == ["transport close"]
     assert ws.closed.is_set()
+
+
+@pytest.mark.parametrize("size", [0, 5, 125, 126, 300, 65535, 65536, 70000])
+async def test_a_prebuilt_frame_is_byte_for_byte_what_aiohttp_writes(size):
+    written = []
+    transport = SimpleNamespace(write=written.append, is_closing=lambda: False)
+    writer = WebSocketWriter(SimpleNamespace(_paused=False), transport)
+    text = "é" * (size // 2) + "x" * (size % 2)  # multi-byte characters: the length is in bytes
+    await writer.send_frame(text.encode(), 0x1)
+    assert text_frame(text) == b"".join(written)
