@@ -160,14 +160,24 @@ def _server(window_s: float = 30.0):
     return sio.eio, got, gone
 
 
+async def _settle(done) -> None:
+    """Let the loop run until done() (at most 100 turns)."""
+    for _ in range(100):
+        if done():
+            return
+        await asyncio.sleep(0)
+
+
+async def _hang_up(ws, handler) -> None:
+    ws.incoming.put_nowait(None)
+    await asyncio.wait_for(handler, 2)
+
+
 async def _open(eio, ws):
     sock = async_socket.AsyncSocket(eio, "s1")
     eio.sockets["s1"] = sock
     handler = asyncio.ensure_future(sock._websocket_handler(ws))
-    for _ in range(100):  # until the writer is parked on the empty queue
-        await asyncio.sleep(0)
-        if sock.queue.parked():
-            break
+    await _settle(sock.queue.parked)  # until the writer is parked on the empty queue
     assert sock.queue.parked()
     return sock, handler
 
@@ -179,8 +189,7 @@ async def test_a_packet_for_a_parked_writer_is_written_by_the_sender():
     await sock.send(eio_packet.Packet(eio_packet.MESSAGE, "x"))
     assert ws.sent == ["4x"] and ws.written_now == 1  # at once: no writer had to run
     assert sock.queue.parked()
-    ws.incoming.put_nowait(None)
-    await asyncio.wait_for(handler, 2)
+    await _hang_up(ws, handler)
 
 
 async def test_packets_queued_first_keep_their_order():
@@ -189,15 +198,11 @@ async def test_packets_queued_first_keep_their_order():
     sock, handler = await _open(eio, ws)
     sock.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, "a"))  # the writer is woken, not yet run
     await sock.send(eio_packet.Packet(eio_packet.MESSAGE, "b"))  # so this one queues behind it
-    for _ in range(100):
-        await asyncio.sleep(0)
-        if len(ws.sent) == 2:
-            break
+    await _settle(lambda: len(ws.sent) == 2)
     assert ws.sent == ["4a", "4b"]
     await sock.send(eio_packet.Packet(eio_packet.MESSAGE, "c"))
     assert ws.sent == ["4a", "4b", "4c"]
-    ws.incoming.put_nowait(None)
-    await asyncio.wait_for(handler, 2)
+    await _hang_up(ws, handler)
 
 
 async def test_a_client_that_is_behind_gets_its_packets_through_its_writer():
@@ -207,13 +212,9 @@ async def test_a_client_that_is_behind_gets_its_packets_through_its_writer():
     ws.behind = True
     await sock.send(eio_packet.Packet(eio_packet.MESSAGE, "x"))
     assert ws.sent == []  # the sender did not write (a write there could wait for the client)
-    for _ in range(100):
-        await asyncio.sleep(0)
-        if ws.sent:
-            break
+    await _settle(lambda: ws.sent)
     assert ws.sent == ["4x"] and ws.written_now == 0  # the socket's own writer did
-    ws.incoming.put_nowait(None)
-    await asyncio.wait_for(handler, 2)
+    await _hang_up(ws, handler)
 
 
 async def test_a_failed_write_ends_the_socket():
@@ -224,8 +225,7 @@ async def test_a_failed_write_ends_the_socket():
     await sock.send(eio_packet.Packet(eio_packet.MESSAGE, "x"))  # queued for the writer, whose send fails
     await asyncio.wait_for(ws.closed.wait(), 2)  # the writer failed with it too and closed the websocket
     assert sock.direct_ws is None
-    ws.incoming.put_nowait(None)
-    await asyncio.wait_for(handler, 2)
+    await _hang_up(ws, handler)
     assert sock.closed and gone == ["transport close"]
 
 
