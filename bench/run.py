@@ -129,16 +129,20 @@ class Bench:
         self.stack.down()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def nodes(self, count: int, env: dict[str, str] | None = None) -> list[Node]:
-        # Each scenario's nodes start on an empty Redis: the presence the stopped nodes of an earlier
-        # scenario left behind would otherwise be reaped during this one's measurement (after the
-        # 10k-socket memory run, 2,738 presence:update frames arrived during a 5 s relay run).
+    def fresh_redis(self) -> None:
+        """Each scenario's nodes start on an empty Redis: the presence the stopped nodes of an earlier
+        scenario left behind would otherwise be reaped during this one's measurement (after the
+        10k-socket memory run, 2,738 presence:update frames arrived during a 5 s relay run)."""
         assert self.settings
         flush = redis.Redis.from_url(self.settings.redis_url)
         try:
             flush.flushdb()
         finally:
             flush.close()
+
+    def nodes(self, count: int, env: dict[str, str] | None = None, keep_redis: bool = False) -> list[Node]:
+        if not keep_redis:
+            self.fresh_redis()
         tag = uuid.uuid4().hex[:6]
         nodes = [Node(f"bench-{tag}-{i + 1}", {**self.env, **(env or {})}).start() for i in range(count)]
         time.sleep(SETTLE_S)
@@ -390,6 +394,7 @@ class Bench:
         variants = {"": {}, "-no-session-cache": {"SESSION_CACHE_SECONDS": "0"}} if self.args.deck_ab else {"": {}}
         for n in axis:
             users = await self.make_users(n, f"d{n}-")
+            self.fresh_redis()  # then the crowd, which the nodes below keep
             r = aioredis.from_url(self.settings.redis_url)
             try:
                 ids = [u["userId"] for u in users]
@@ -413,7 +418,7 @@ class Bench:
 
     async def _deck_run(self, users: list[dict[str, str]], env: dict[str, str], profile: bool) -> dict[str, Any]:
         n = len(users)
-        nodes = self.nodes(1, env)
+        nodes = self.nodes(1, env, keep_redis=True)
         url = f"{nodes[0].url}/room/queue"
         lat: list[float] = []
         shape: dict[str, Any] = {}
