@@ -66,25 +66,27 @@ class PlainWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
 
 class SlimQueue:
     """The part of asyncio.Queue engine.io uses (put, get, task_done, join, empty) for one socket's
-    outgoing packets. The writer task is its only reader in practice; more readers are served too."""
+    outgoing packets. The writer task is its only reader in practice; more readers are served too.
+    Items are read from a moving head (a slow client's backlog drains in linear time)."""
 
-    __slots__ = ("_getters", "_items", "_joiners", "_unfinished")
+    __slots__ = ("_getters", "_head", "_items", "_joiners", "_unfinished")
 
     def __init__(self) -> None:
         self._items: list[Any] = []
+        self._head = 0
         self._getters: list[asyncio.Future[None]] | None = None
         self._unfinished = 0
         self._joiners: list[asyncio.Future[None]] | None = None
 
     def empty(self) -> bool:
-        return not self._items
+        return self._head == len(self._items)
 
     def qsize(self) -> int:
-        return len(self._items)
+        return len(self._items) - self._head
 
     def parked(self) -> bool:
         """Nothing queued and a reader waiting for it."""
-        return bool(self._getters) and not self._items
+        return bool(self._getters) and self._head == len(self._items)
 
     def put_nowait(self, item: Any) -> None:
         self._items.append(item)
@@ -96,12 +98,20 @@ class SlimQueue:
         self.put_nowait(item)
 
     def get_nowait(self) -> Any:
-        if not self._items:
+        if self._head == len(self._items):
             raise asyncio.QueueEmpty
-        return self._items.pop(0)
+        item = self._items[self._head]
+        self._head += 1
+        if self._head == len(self._items):
+            self._items.clear()
+            self._head = 0
+        elif self._head >= 64 and 2 * self._head >= len(self._items):
+            del self._items[:self._head]  # amortised: what was read is dropped in halves
+            self._head = 0
+        return item
 
     async def get(self) -> Any:
-        while not self._items:
+        while self._head == len(self._items):
             waiter = asyncio.get_running_loop().create_future()
             self._getters = [*(self._getters or ()), waiter]
             try:
@@ -109,7 +119,7 @@ class SlimQueue:
             finally:  # a cancelled reader leaves no waiter behind (a woken one was dropped by the put)
                 if self._getters is not None and waiter in self._getters:
                     self._getters.remove(waiter)
-        return self._items.pop(0)
+        return self.get_nowait()
 
     def task_done(self) -> None:
         if self._unfinished <= 0:

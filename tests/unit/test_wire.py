@@ -99,6 +99,21 @@ async def test_a_cancelled_reader_loses_no_packet_and_leaves_no_waiter(make_queu
 
 
 @QUEUES
+async def test_a_long_backlog_comes_out_in_order_while_more_arrive(make_queue):
+    q = make_queue()
+    out = []
+    for i in range(1000):
+        q.put_nowait(i)
+        if i % 3 == 0:  # the reader keeps up only partly: the head moves while items are appended
+            out.append(q.get_nowait())
+    assert q.qsize() == 1000 - len(out)
+    while not q.empty():
+        out.append(await q.get())
+    assert out == list(range(1000))
+    assert q.qsize() == 0
+
+
+@QUEUES
 async def test_two_readers_each_get_one_packet(make_queue):
     q = make_queue()
     readers = [asyncio.ensure_future(q.get()) for _ in range(2)]
