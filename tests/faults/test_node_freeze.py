@@ -19,7 +19,10 @@ async def test_partner_reconnected_after_a_freeze(users, peers, n1, n2, rds):
     assert n2.proc is not None
     n2.proc.send_signal(signal.SIGSTOP)
     try:
-        gone = await pa.wait("room:partner-disconnected", timeout=8)  # n1 reaped the frozen node (1.5 s + load)
+        # n1 reaps the frozen node once its own beats were steady for a whole window (1.5 s here): on a
+        # loaded CI machine (a browser starting on the other worker) that took 8.7 s once. The grace
+        # the reap starts is what the rest of the test measures, so a late reap weakens nothing.
+        gone = await pa.wait("room:partner-disconnected", timeout=20)
         assert gone["userId"] == b["userId"]
     finally:
         n2.proc.send_signal(signal.SIGCONT)
