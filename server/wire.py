@@ -194,12 +194,13 @@ def write_now(socket: Any, pkt: Any) -> bool:
     return bool(ws.write_now(frame))
 
 
+_ENGINEIO_SEND = async_socket.AsyncSocket.send  # taken at import, before install() replaces it
+
+
 async def _send(self: Any, pkt: Any) -> None:
-    """engine.io 4.x AsyncSocket.send, with the direct path (module docstring)."""
-    if not await self.check_ping_timeout():
-        return
+    """The direct path (module docstring), else engine.io's own send (its checks, then the queue)."""
     if not write_now(self, pkt):
-        await self.queue.put(pkt)
+        await _ENGINEIO_SEND(self, pkt)
 
 
 async def _websocket_handler(self: Any, ws: Any) -> None:
@@ -271,6 +272,7 @@ async def _websocket_handler(self: Any, ws: Any) -> None:
     window = server.ping_interval + server.ping_timeout
     loop = asyncio.get_running_loop()
     me = asyncio.current_task()
+    assert me is not None  # (a coroutine run by a task)
     waiting_since: float | None = None
     expired = False
     timer: asyncio.TimerHandle | None = None
@@ -280,8 +282,7 @@ async def _websocket_handler(self: Any, ws: Any) -> None:
         now = loop.time()
         if waiting_since is not None and now >= waiting_since + window:
             expired = True
-            if me is not None:
-                me.cancel()
+            me.cancel()
             return
         timer = loop.call_at((waiting_since if waiting_since is not None else now) + window, check)
 
@@ -292,7 +293,7 @@ async def _websocket_handler(self: Any, ws: Any) -> None:
             try:
                 p = await websocket_wait()
             except asyncio.CancelledError:
-                if expired and me is not None:
+                if expired:
                     me.uncancel()
                 break  # as engine.io, a cancelled reader still ends the socket below (disconnect handlers)
             except BaseException:  # as engine.io: a broken transport ends the reader
