@@ -12,6 +12,7 @@ python-socketio + the generator) on this machine. The handshake token is taken a
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import uuid
 from pathlib import Path
@@ -132,4 +133,7 @@ if __name__ == "__main__":
         uvloop.install()
     except ImportError:
         pass
-    web.run_app(build(bare="--bare" in sys.argv), host="127.0.0.1", port=int(sys.argv[1]), print=None)
+    app = build(bare="--bare" in sys.argv)
+    gc.collect()
+    gc.freeze()  # as ours does once started (server/ops/heap.py): the floor gets the same process tuning
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)

@@ -39,10 +39,13 @@ def cmd_serve(settings: Settings, host: str | None, port: int | None) -> None:
     settings = settings.with_(host=host or settings.host, port=port or settings.port)
     if "PUBLIC_URL" not in os.environ:  # a second node on another port serves its own origin
         settings = settings.with_(public_url=f"http://{settings.host}:{settings.port}")
+    from server.ops import heap
     from server.ops.drain import install_sigterm
 
     app = create_app(settings)
     app.on_startup.append(install_sigterm)  # SIGTERM drains (SIGINT still stops at once)
+    heap.measure_pauses()
+    app.on_startup.append(heap.freeze_startup_heap)  # last: everything started is built by then
     web.run_app(app, host=settings.host, port=settings.port, access_log=None,
                 print=lambda _msg: print(f"serving on http://{settings.host}:{settings.port}", flush=True),
                 shutdown_timeout=5,

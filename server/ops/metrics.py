@@ -53,6 +53,9 @@ RELAY_LATENCY = Histogram("napalm_signal_relay_seconds", "Server-side latency of
                           "candidate) from receipt to emit", buckets=_LATENCY)
 TIMER_LAG = Histogram("napalm_timer_lag_seconds", "How late a timer fired (fired - due)", ["kind"],
                       buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0))
+GC_PAUSE = Histogram("napalm_gc_pause_seconds", "Garbage collector pauses of this node (the event loop waits) "
+                     "by generation", ["generation"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                               0.1, 0.25, 0.5, 1.0))
 # ---- money and moderation (called by those domains) ----
 BANS = Counter("napalm_bans_total", "Bans applied")
 PAYMENTS = Counter("napalm_payments_total", "Access changes from payments by outcome (paid, refunded, disputed)",
