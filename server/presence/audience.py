@@ -5,12 +5,15 @@ requester's own id (presence/deck.py), so once more users are listed than a wind
 queued clients could never see X: telling all of them made every change cost O(queue) socket writes,
 and the crowd O(N²). Then a change goes only to this node's queued sockets whose window can hold X (a
 start point at most `reach` listed users before X), to X's own sockets and to the sockets of the user
-X was introduced to (always first in their deck). `reach` is twice the largest window: hidden and
-cooled users a window skips push it further than its card count. Below `reach` listed users every
-queued socket hears every change, as before (§7 E13).
+X was introduced to (always first in their deck). Below `reach` listed users every queued socket hears
+every change, as before (§7 E13).
 
-A client whose window grew past `reach` (more than `deck_max_cards` skipped users) may see a change
-only at its next refetch; the original client refetches on a timer as well.
+`reach` is the card count, plus what windows walk past without showing (hidden and cooled users: the
+most any window served on this node skipped in the last minute or two, `Deck.skips`), plus a quarter of
+the cards for the users that join between a client's refetch and a change (they push a shown card
+further from the window's start). A client whose window walked further than any this node served
+lately (its requests served by another node) may see a change only at its next refetch; the original
+client refetches on a timer too.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class Audience:
     def __init__(self, deps: Deps, user_of: Callable[[str], str | None]) -> None:
         self.deps = deps
         self.deck: Deck = deps.deck
-        self.reach = 2 * max(1, deps.settings.deck_max_cards)
+        self.cards = max(1, deps.settings.deck_max_cards)
         self.user_of = user_of  # sid -> its user (None: not authenticated on this node)
         self._points: list[tuple[str, str]] = []  # (start point, sid) of queued sockets, sorted
         self._seat: dict[str, tuple[str, str]] = {}  # sid -> (its start point, its user)
@@ -68,13 +71,18 @@ class Audience:
                 if j < len(self._users) and self._users[j] == user:
                     del self._users[j]
 
+    @property
+    def reach(self) -> int:
+        return self.cards + self.deck.skips.most() + max(1, self.cards // 4)
+
     # ---- who hears an emit to the queue room
     def narrow(self, event: str, data: Any) -> set[str] | None:
         """The sids of this node's queue room that `event` concerns; None for all of them."""
         if event not in CHANGE_EVENTS or not isinstance(data, dict):
             return None
         user = data.get("userId")
-        if not isinstance(user, str) or len(self._points) <= self.reach:
+        reach = self.reach
+        if not isinstance(user, str) or len(self._points) <= reach:
             return None  # telling everyone costs no more than choosing
         self.deck.keep_fresh(self.deps, ORDER_STALE_S)
         order = self.deck.snapshot.order
@@ -84,12 +92,12 @@ class Audience:
             # fewer users than the real list only widen each window's key range.
             order = self._users
         n = len(order)
-        if n <= self.reach:
+        if n <= reach:
             return None
         # Windows start at bisect_left(order, point): X (at p, or inserted there) is among the first
         # reach + 1 cards of a window whose start point lies in (order[p - reach - 1], order[p]].
         p = bisect.bisect_left(order, user)
-        lo, hi = order[(p - self.reach - 1) % n], order[p % n]
+        lo, hi = order[(p - reach - 1) % n], order[p % n]
         out = self._between(lo, hi)
         out |= self._sids_of.get(user, set())
         card = self.deck.cards.get(user)

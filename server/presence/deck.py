@@ -74,10 +74,37 @@ class Snapshot:
         return cls(at, cards, frozenset(c.user_id for c in cards), [c.user_id for c in cards], introduced)
 
 
+class SkipGauge:
+    """The most listed users any deck window served here walked past without showing them (hidden,
+    cooled, or already shown as introduced) within the last one to two periods: how much further
+    than its card count a window reaches (presence/audience.py)."""
+
+    def __init__(self, period_s: float = 60.0) -> None:
+        self.period_s = period_s
+        self._current = self._previous = 0
+        self._since = time.monotonic()
+
+    def saw(self, skipped: int) -> None:
+        self._roll()
+        self._current = max(self._current, skipped)
+
+    def most(self) -> int:
+        self._roll()
+        return max(self._current, self._previous)
+
+    def _roll(self) -> None:
+        elapsed = time.monotonic() - self._since
+        if elapsed >= self.period_s:
+            self._previous = self._current if elapsed < 2 * self.period_s else 0
+            self._current = 0
+            self._since = time.monotonic()
+
+
 class Deck:
     def __init__(self, max_age_s: float = 2.0, min_rebuild_s: float = 0.05) -> None:
         self.max_age_s = max_age_s
         self.min_rebuild_s = min_rebuild_s
+        self.skips = SkipGauge()
         self.cards: dict[str, Card] = {}
         self.snapshot = Snapshot()
         self.dirty = True
@@ -203,12 +230,14 @@ class Deck:
         if len(snap.cards) <= limit:
             chosen = [c for c in snap.cards if c.user_id not in hidden]
         else:
-            chosen = _window(snap, me, hidden, cooldowns, now_ms, limit)
+            chosen, skipped = _window(snap, me, hidden, cooldowns, now_ms, limit)
+            self.skips.saw(skipped)
         return [_render(c, me, cooldowns, now_ms) for c in chosen], total
 
 
 def _window(snap: Snapshot, me: str, hidden: set[str], cooldowns: dict[str, int], now_ms: int,
-            limit: int) -> list[Card]:
+            limit: int) -> tuple[list[Card], int]:
+    """The cards, and how many listed users the walk passed without taking them."""
     chosen: list[Card] = []
     seen: set[str] = set()
     for c in snap.introduced.get(me, ()):
@@ -216,6 +245,7 @@ def _window(snap: Snapshot, me: str, hidden: set[str], cooldowns: dict[str, int]
             chosen.append(c)
             seen.add(c.user_id)
     cooled: list[Card] = []
+    skipped = 0
     n = len(snap.order)
     start = bisect.bisect_left(snap.order, start_point(me))
     for i in range(n):
@@ -224,13 +254,15 @@ def _window(snap: Snapshot, me: str, hidden: set[str], cooldowns: dict[str, int]
         c = snap.cards[(start + i) % n]
         uid = c.user_id
         if uid in hidden or uid in seen:
+            skipped += 1
             continue
         if cooldowns.get(uid, 0) > now_ms:
+            skipped += 1
             if len(cooled) < limit:
                 cooled.append(c)
             continue
         chosen.append(c)
-    return chosen + cooled[:limit - len(chosen)]
+    return chosen + cooled[:limit - len(chosen)], skipped
 
 
 def start_point(me: str) -> str:
