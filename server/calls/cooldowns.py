@@ -18,12 +18,17 @@ from server.deps import Deps
 log = structlog.get_logger(__name__)
 
 
-async def persist(deps: Deps, a: str, b: str, ms: int, outcome: str) -> None:
+def row(a: str, b: str, ms: int, outcome: str) -> tuple[str, str, datetime, str] | None:
+    """The durable cooldown of a pair for `ms` from now (None when there is none to write)."""
     if ms <= 0:
-        return
+        return None
     x, y = pair(a, b)
-    await store.upsert_cooldown(deps.db, x, y, datetime.now(UTC) + timedelta(milliseconds=ms),
-                                COOLDOWN_REASON.get(outcome, "call"))
+    return x, y, datetime.now(UTC) + timedelta(milliseconds=ms), COOLDOWN_REASON.get(outcome, "call")
+
+
+async def persist(deps: Deps, a: str, b: str, ms: int, outcome: str) -> None:
+    if (cooldown := row(a, b, ms, outcome)) is not None:
+        await store.upsert_cooldown(deps.db, *cooldown)
 
 
 async def persist_or_defer(deps: Deps, a: str, b: str, ms: int, outcome: str) -> None:

@@ -198,16 +198,16 @@ async def finalize(deps: Deps, room_id: str, reason: str, leaver: str = "") -> b
     metrics.CALL_FINALISED.labels(reason).inc()
     # Durable first, so the end screen's history fetch already sees this call. If Postgres fails,
     # the persist:<room> timer scheduled by the script retries; the clients are told regardless.
+    room = await state.get_room(deps.redis, room_id)
     persisted = True
     try:
-        unlocked = await persist(deps, room_id)
+        unlocked = await persist(deps, room_id, room)
     except timers.STORE_DOWN as exc:  # an outage: expected, no traceback
         log.warning("call_persist_deferred", room_id=room_id, error=repr(exc))
         unlocked, persisted = [], False
     except Exception:
         log.exception("call_persist_failed", room_id=room_id)
         unlocked, persisted = [], False
-    room = await state.get_room(deps.redis, room_id)
     a, b = room["a"], room["b"]
     if leaver:
         survivor = b if leaver == a else a
@@ -291,17 +291,19 @@ async def _tell_finalized(deps: Deps, room_id: str, users: tuple[str, str], sess
     await state.mark_told(deps.redis, room_id, timers.now_ms())
 
 
-async def persist(deps: Deps, room_id: str) -> list[str]:
+async def persist(deps: Deps, room_id: str, room: dict[str, str] | None = None) -> list[str]:
     """Durable record of a finalised call; idempotent, also run by the persist:<room> timer after a crash.
-    Returns the users whose QR access this call unlocked."""
-    room = await state.get_room(deps.redis, room_id)
+    `room`: its Redis record, when the caller has just read it. Returns the users whose QR access this
+    call unlocked."""
+    if room is None:
+        room = await state.get_room(deps.redis, room_id)
     if room.get("state") != "final":
         await timers.cancel(deps, "persist", room_id)
         return []
     a, b, started, ended = room["a"], room["b"], int(room["started"]), int(room["ended"])
     media_start = max(int(room["ca"]), int(room["cb"])) if room.get("ca") and room.get("cb") else started
     duration = max(0, (ended - media_start) // 1000)
-    await cooldowns.persist(deps, a, b, int(room.get("cd", COOLDOWN_MS["call"])), "call")
+    cooldown = cooldowns.row(a, b, int(room.get("cd", COOLDOWN_MS["call"])), "call")
     unlocked: list[str] = []
     participants: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
@@ -315,15 +317,18 @@ async def persist(deps: Deps, room_id: str) -> list[str]:
             {"user_id": uid, "partner_id": other, "partner_name": users[other]["name"] if other in users else ""}
             for uid, other in ((a, b), (b, a)) if uid in users
         ]
-    # History and the end of the live record in one transaction: a restore after Redis lost its data
-    # never finds a live record of a call whose history exists (issue 11, the double fault).
-    async with deps.db.acquire() as conn, conn.transaction():
-        if participants:
+    # History, cooldown and the end of the live record in one transaction: a restore after Redis lost
+    # its data never finds a live record of a call whose history exists (issue 11, the double fault).
+    # A call too short for history needs no transaction: the last statement alone is atomic.
+    if participants:
+        async with deps.db.acquire() as conn, conn.transaction():
             unlocked = await store.record_call(
                 conn, uuid.UUID(room["session"]), uuid.UUID(room_id), _ms_to_dt(started), _ms_to_dt(ended),
                 duration, int(room["agreed"]), room.get("reason", "ended"), participants, messages,
                 duration >= QR_SESSION_MIN_SECONDS, QR_SESSIONS_TO_UNLOCK)
-        await store.end_live_call(conn, room_id)
+            await store.end_live_call(conn, room_id, cooldown)
+    else:
+        await store.end_live_call(deps.db, room_id, cooldown)
     await state.mark_persisted(deps.redis, room_id, deps.settings.room_keep_seconds)
     _unwritten.pop(room_id, None)
     return unlocked

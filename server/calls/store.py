@@ -56,15 +56,16 @@ async def history(conn: Conn, user_id: UUID, limit: int = 100) -> list[asyncpg.R
     )
 
 
-async def upsert_cooldown(conn: Conn, a: str, b: str, expires_at: datetime, reason: str) -> None:
-    await conn.execute(
-        """INSERT INTO cooldowns (user_a, user_b, expires_at, reason) VALUES ($1, $2, $3, $4)
+# $1 user_a, $2 user_b (ordered), $3 expires_at, $4 reason; the later expiry wins.
+_UPSERT_COOLDOWN = """INSERT INTO cooldowns (user_a, user_b, expires_at, reason) VALUES ($1, $2, $3, $4)
            ON CONFLICT (user_a, user_b) DO UPDATE
            SET expires_at = GREATEST(cooldowns.expires_at, EXCLUDED.expires_at),
                reason = CASE WHEN EXCLUDED.expires_at > cooldowns.expires_at THEN EXCLUDED.reason
-                             ELSE cooldowns.reason END""",
-        a, b, expires_at, reason,
-    )
+                             ELSE cooldowns.reason END"""
+
+
+async def upsert_cooldown(conn: Conn, a: str, b: str, expires_at: datetime, reason: str) -> None:
+    await conn.execute(_UPSERT_COOLDOWN, a, b, expires_at, reason)
 
 
 async def live_cooldowns(conn: Conn) -> list[asyncpg.Record]:
@@ -80,8 +81,14 @@ async def start_live_call(conn: Conn, room_id: str, session_id: str, caller: str
         room_id, session_id, caller, callee, started_ms, agreed, deadline_ms)
 
 
-async def end_live_call(conn: Conn, room_id: str) -> None:
-    await conn.execute("DELETE FROM live_calls WHERE room_id = $1", room_id)
+async def end_live_call(conn: Conn, room_id: str, cooldown: tuple[str, str, datetime, str] | None = None) -> None:
+    """End a call's durable live record and, in the same statement, write the pair's `cooldown`
+    (user_a, user_b, expires_at, reason): one round trip where a call's end took two."""
+    if cooldown is None:
+        await conn.execute("DELETE FROM live_calls WHERE room_id = $1", room_id)
+        return
+    await conn.execute(f"WITH cooldown AS ({_UPSERT_COOLDOWN}) DELETE FROM live_calls WHERE room_id = $5",
+                       *cooldown, room_id)
 
 
 async def is_live_call(conn: Conn, room_id: str) -> bool:
