@@ -30,11 +30,12 @@ async def presence_leave(deps: Deps, sender: Sender, _data: dict[str, Any]) -> N
     # was in the deck is announced (issue 12 §5: it was a broadcast to the whole queue per event, by
     # anyone), and at most once per debounce window.
     await deps.sio.leave_room(sender.sid, emit.QUEUE)
-    if not await state.leave_queue(deps.redis, sender.user_id):
+    left = await state.leave_queue(deps.redis, sender.user_id, PRESENCE_DEBOUNCE_MS)
+    if not left:
         return
     if await deps.redis.set(f"u:{sender.user_id}:pl", "1", px=PRESENCE_DEBOUNCE_MS, nx=True):
         await emit.to_queue(deps, "presence:update", {"userId": sender.user_id, "online": False, "available": False})
-    await announce_queue(deps, sender.user_id, False)
+    await announce_queue(deps, sender.user_id, False, left)
 
 
 @on("queue:join")
@@ -45,10 +46,10 @@ async def queue_join(deps: Deps, sender: Sender, _data: dict[str, Any]) -> None:
     if v != "ok":
         return await enforce.deny(deps, sender, v)
     await deps.sio.enter_room(sender.sid, emit.QUEUE)
-    result = await state.join_queue(deps.redis, sender.user_id)
+    result = await state.join_queue(deps.redis, sender.user_id, PRESENCE_DEBOUNCE_MS)
     if result == -2:
         return await emit.call_error(deps, sender.sid, "BUSY", "You are in a call")
-    if result == 1 and not await announce_queue(deps, sender.user_id, True):
+    if result > 0 and not await announce_queue(deps, sender.user_id, True, result):
         # Debounced for everyone else; the joining socket still gets its echo (clients wait for it).
         await emit.to_sid(deps, sender.sid, "queue:update", {"userId": sender.user_id, "available": True})
     if "queue-snapshot" in sender.caps:
@@ -71,34 +72,33 @@ async def _recheck(deps: Deps, sender: Sender) -> None:
 @on("queue:leave")
 async def queue_leave(deps: Deps, sender: Sender, _data: dict[str, Any]) -> None:
     await deps.sio.leave_room(sender.sid, emit.QUEUE)
-    if await state.leave_queue(deps.redis, sender.user_id):
-        await announce_queue(deps, sender.user_id, False)
+    if left := await state.leave_queue(deps.redis, sender.user_id, PRESENCE_DEBOUNCE_MS):
+        await announce_queue(deps, sender.user_id, False, left)
 
 
 _trailing: set[str] = set()  # users with a trailing announcement scheduled on this node
 
 
-async def announce_queue(deps: Deps, user_id: str, available: bool) -> bool:
+async def announce_queue(deps: Deps, user_id: str, available: bool, when: int) -> bool:
     """queue:update for a real change of a user's availability, debounced per user (issue 12 §5):
-    the first change in a window goes out at once; later ones in that window are folded into one
-    trailing update with the state at the window's end (always sent: other paths, a call start or a
-    disconnect, change and announce availability too). Toggling queue:join/leave thus costs every
-    client at most two updates per window, not one each. True if it went out now."""
-    window = f"u:{user_id}:qb"  # exists while a window is open
-    if await deps.redis.set(window, "1", px=PRESENCE_DEBOUNCE_MS, nx=True):
+    the first change in a window goes out at once (`when` is state.ANNOUNCE_NOW: the change opened the
+    window, in the same script); later ones in that window are folded into one trailing update with
+    the state at the window's end (always sent: other paths, a call start or a disconnect, change and
+    announce availability too). Toggling queue:join/leave thus costs every client at most two updates
+    per window, not one each. True if it went out now."""
+    if when == state.ANNOUNCE_NOW:
         await emit.to_queue(deps, "queue:update", {"userId": user_id, "available": available})
         return True
     if user_id not in _trailing:
         _trailing.add(user_id)
-        gate.spawn(_trail(deps, user_id, window))
+        gate.spawn(_trail(deps, user_id))
     return False
 
 
-async def _trail(deps: Deps, user_id: str, window: str) -> None:
+async def _trail(deps: Deps, user_id: str) -> None:
     try:
-        await asyncio.sleep(max(await deps.redis.pttl(window), 1) / 1000)
+        await asyncio.sleep(max(await state.window_left_ms(deps.redis, user_id), 1) / 1000)
     finally:
         _trailing.discard(user_id)
-    await deps.redis.set(window, "1", px=PRESENCE_DEBOUNCE_MS)
-    await emit.to_queue(deps, "queue:update",
-                        {"userId": user_id, "available": await state.is_available(deps.redis, user_id)})
+    available = await state.end_window(deps.redis, user_id, PRESENCE_DEBOUNCE_MS)
+    await emit.to_queue(deps, "queue:update", {"userId": user_id, "available": available})

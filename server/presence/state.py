@@ -65,12 +65,34 @@ _SOCKET_REMOVE = Script(
 )
 
 # Only a user who is online, has access (checked by the caller) and is not in a call can be available.
+# Joining and leaving the deck also open the user's announcement window (ARGV[2] ms; 0: none) in the
+# same round trip: 1 = changed, announce now (the window opened); 2 = changed inside an open window
+# (announce at its end); 0 = no change. Joining: -1 = offline, -2 = in a call.
+_ANNOUNCE = """
+    if tonumber(ARGV[2]) > 0 and not redis.call('SET', 'u:' .. ARGV[1] .. ':qb', '1', 'PX', ARGV[2], 'NX') then
+      return 2
+    end
+    return 1
+"""
 _QUEUE_JOIN = Script(
     """
     local uid = ARGV[1]
     if redis.call('SCARD', 'u:' .. uid .. ':socks') == 0 then return -1 end
     if redis.call('EXISTS', 'u:' .. uid .. ':room') == 1 then return -2 end
-    return redis.call('SADD', 'available', uid)
+    if redis.call('SADD', 'available', uid) == 0 then return 0 end
+    """ + _ANNOUNCE
+)
+_QUEUE_LEAVE = Script(
+    """
+    if redis.call('SREM', 'available', ARGV[1]) == 0 then return 0 end
+    """ + _ANNOUNCE
+)
+# The end of an announcement window: the next one opens (ARGV[2] ms); returns whether the user is
+# available now (what the trailing announcement says).
+_WINDOW_END = Script(
+    """
+    redis.call('SET', 'u:' .. ARGV[1] .. ':qb', '1', 'PX', ARGV[2])
+    return redis.call('SISMEMBER', 'available', ARGV[1])
     """
 )
 
@@ -119,13 +141,28 @@ async def remove_socket(redis: aioredis.Redis, sid: str, explicit: bool, grace_d
     return Departure(uid, bool(last), room or None, bool(was_available), action)
 
 
-async def join_queue(redis: aioredis.Redis, user_id: str) -> int:
-    """1 = now available, 0 = already was, -1 = offline, -2 = in a call."""
-    return int(await _QUEUE_JOIN(redis, [], [user_id]))
+ANNOUNCE_NOW, ANNOUNCE_LATER = 1, 2
 
 
-async def leave_queue(redis: aioredis.Redis, user_id: str) -> bool:
-    return bool(await redis.srem("available", user_id))
+async def join_queue(redis: aioredis.Redis, user_id: str, window_ms: int = 0) -> int:
+    """ANNOUNCE_NOW / ANNOUNCE_LATER = now available (see _ANNOUNCE), 0 = already was, -1 = offline,
+    -2 = in a call."""
+    return int(await _QUEUE_JOIN(redis, [], [user_id, window_ms]))
+
+
+async def leave_queue(redis: aioredis.Redis, user_id: str, window_ms: int = 0) -> int:
+    """ANNOUNCE_NOW / ANNOUNCE_LATER = no longer available (see _ANNOUNCE), 0 = was not."""
+    return int(await _QUEUE_LEAVE(redis, [], [user_id, window_ms]))
+
+
+async def window_left_ms(redis: aioredis.Redis, user_id: str) -> int:
+    """How long the user's announcement window stays open (negative: none is)."""
+    return int(await redis.pttl(f"u:{user_id}:qb"))
+
+
+async def end_window(redis: aioredis.Redis, user_id: str, window_ms: int) -> bool:
+    """Open the next announcement window; True if the user is available."""
+    return bool(await _WINDOW_END(redis, [], [user_id, window_ms]))
 
 
 async def is_online(redis: aioredis.Redis, user_id: str) -> bool:
