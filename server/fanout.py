@@ -30,6 +30,7 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from server import wire
+from server.redis import DRIVER
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +75,7 @@ class NodeManager(socketio.AsyncRedisManager):  # type: ignore[misc]
     def __init__(self, url: str, channel: str = CHANNEL) -> None:
         # The listener's own connection; health checks keep a silent half-open socket from hiding.
         super().__init__(url, channel=channel, redis_options={"health_check_interval": 10,
-                                                              "socket_keepalive": True})
+                                                              "socket_keepalive": True, "driver_info": DRIVER})
         self.stats = Stats()
         # Publishing stops only once no other node has been seen for a whole dead-node window (a node
         # that just started says hello; a flushed Redis hides the others for a beat or two).
@@ -99,7 +100,7 @@ class NodeManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         self._publisher: asyncio.Task[None] | None = None
         # One connection for publishing: batches are pipelined, so one is enough and nothing churns.
         self._pub = aioredis.Redis.from_url(url, single_connection_client=True, socket_timeout=5,
-                                            socket_connect_timeout=5)
+                                            socket_connect_timeout=5, driver_info=DRIVER)
 
     def initialize(self) -> None:
         super().initialize()
