@@ -143,7 +143,7 @@ async function cycle(a, b) {
     // race a queue:join still waiting to be read by an overloaded server)
     await Promise.all([join(a), join(b)]);
     step("queue:join x2", t);
-    return { ok: true, setup, total: now() - t0 };
+    return { ok: true, setup, total: now() - t0, started: t0 };
   } catch (e) {
     return { ok: false, reason: String(e.message || e), total: now() - t0 };
   }
@@ -213,7 +213,10 @@ async function open(clients) {
     }));
   }
   await Promise.all(running);
-  return resultOf(results, now() - t0, { targetRate: spec.rate, droppedArrivals: dropped });
+  // When the slowest setups started (s into the run): one stall of the server shows as a cluster.
+  const slowestSetups = results.filter((r) => r.ok).sort((x, y) => y.setup - x.setup).slice(0, 8)
+    .map((r) => [Math.round((r.started - t0) / 100) / 10, Math.round(r.setup)]);
+  return resultOf(results, now() - t0, { targetRate: spec.rate, droppedArrivals: dropped, slowestSetups });
 }
 
 async function relay(clients) {

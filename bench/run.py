@@ -303,7 +303,7 @@ class Bench:
         """Poisson arrivals at half of the closed-loop saturation rate (200 users, 1 node)."""
         n = 200
         sat = self.out["runs"].get("cycles", {}).get(f"ours-1node/{n}", {}).get("cyclesPerSecond")
-        rate = max(1.0, round((sat or 20) / 2, 1))
+        rate = self.args.open_rate or max(1.0, round((sat or 20) / 2, 1))
         results = {}
         null = NullNode()
         try:
@@ -327,6 +327,8 @@ class Bench:
             print(f"{key:<14}{r['ok']:>7}{r['failed']:>8}{r['setupMs']['p50'] or 0:>11.1f}"
                   f"{r['setupMs']['p99'] or 0:>11.1f}"
                   f"{r['cycleMs']['p99'] or 0:>11.1f}{r['generatorCpuShare']:>9.2f}")
+            print(f"{'':<14}slowest setups (s into the run, ms): "
+                  + ", ".join(f"{at:.1f}s {ms}" for at, ms in r.get("slowestSetups", [])))
         self.out["runs"]["open"] = {"rate": rate, **results}
 
     async def memory(self) -> None:
@@ -505,6 +507,8 @@ def main() -> None:
     ap.add_argument("--deck-requests", type=int, default=300)
     ap.add_argument("--deck-ab", action="store_true", help="also measure the deck without the HTTP session cache")
     ap.add_argument("--open-seconds", type=float, default=15)
+    ap.add_argument("--open-rate", type=float, default=0.0,
+                    help="open-loop arrivals/s (default: half the 1-node closed-loop rate at 200 users)")
     ap.add_argument("--relay-seconds", type=float, default=5)
     ap.add_argument("--profile", action="store_true",
                     help="py-spy the 1-node run at the largest user count, and the deck at its largest crowd")
