@@ -41,6 +41,7 @@ log = structlog.get_logger(__name__)
 
 CARD_TTL_S = 30.0
 CARD_MAX = 100_000
+CARD_BATCH = 16  # cards built between two yields to the event loop
 CHANGE_EVENTS = frozenset({"queue:update", "presence:update"})
 
 
@@ -127,16 +128,20 @@ class Deck:
         if missing:
             forgets = self.forgets
             rows = await store.users_by_id(deps.db, missing)
-            # A forget() while we read may have been for a row we read just before its change.
-            keep = self.forgets == forgets
-            if keep and len(self.cards) + len(rows) > CARD_MAX:
+            if len(self.cards) + len(rows) > CARD_MAX:
                 self.cards.clear()
-            for uid, row in rows.items():
+            for i, (uid, row) in enumerate(rows.items()):
+                if i and i % CARD_BATCH == 0:
+                    # Signing a card's URLs is ~1 ms of CPU: a crowd's first rebuild (200 new users
+                    # stalled the loop 242 ms; a reconnect storm of thousands, seconds) lets other
+                    # handlers run between batches.
+                    await asyncio.sleep(0)
                 public = card(deps, row)
                 # Jittered: cards read together (a crowd's first rebuild) do not all expire in one rebuild.
                 c = out[uid] = Card(uid, row, public, json.dumps(public)[:-1],
                                     now + CARD_TTL_S * (0.75 + random.random() / 2))
-                if keep:
+                # A forget() since the read may have been for a row read just before its change.
+                if self.forgets == forgets:
                     self.cards[uid] = c
         return out
 

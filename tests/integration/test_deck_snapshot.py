@@ -2,6 +2,8 @@
 users introduced to them first and cooldowns last, and totalAvailable still counted over everyone
 (§2.4: before the "reported by me" filter; both report directions hidden, D16)."""
 
+import uuid
+
 import pytest
 
 from server.deps import DEPS
@@ -104,3 +106,39 @@ async def test_limit_asks_for_fewer_cards_and_bad_limits_are_refused(client, db)
         resp = await client.get("/room/queue", params={"limit": bad}, headers=auth(me["sessionToken"]))
         assert resp.status == 400, bad
         assert (await resp.json())["code"] == "invalid_limit"
+
+
+async def test_building_many_cards_lets_other_handlers_run_between_batches(client, db, monkeypatch):
+    import asyncio
+
+    from server.presence import deck as deck_module
+
+    ids = [str(uuid.uuid4()) for _ in range(2 * deck_module.CARD_BATCH + 1)]
+    await db.executemany(
+        """INSERT INTO users (id, name, gender, paid_status, selfie_key, video_key)
+           VALUES ($1, $2, 'female', 'paid', $3, $4)""",
+        [(i, f"B{n}", f"users/{i}/selfie-1.jpg", f"users/{i}/intro-1.webm") for n, i in enumerate(ids)])
+    deps = client.app[DEPS]
+    ticks = 0
+
+    async def other_handler():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    seen: list[int] = []  # the other handler's ticks when each card was built
+    real_card = deck_module.card
+    monkeypatch.setattr(deck_module, "card", lambda d, row: seen.append(ticks) or real_card(d, row))
+    deps.deck.cards.clear()
+    other = asyncio.create_task(other_handler())
+    try:
+        cards = await deps.deck.cards_of(deps, ids)
+    finally:
+        other.cancel()
+    assert set(cards) == set(ids)
+    assert all(i in deps.deck.cards for i in ids)  # cached for the next request
+    batch = deck_module.CARD_BATCH
+    assert len(seen) == len(ids)
+    # Within a batch nothing else ran; between batches the other handler did.
+    assert seen[0] == seen[batch - 1] < seen[batch] == seen[2 * batch - 1] < seen[2 * batch]
