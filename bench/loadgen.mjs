@@ -187,6 +187,9 @@ async function open(clients) {
   const initialJoinFailures = (await Promise.allSettled(clients.map((c) => join(c, 120000))))
     .filter((r) => r.status === "rejected").length;
   if (initialJoinFailures) process.stderr.write(`initial queue:join not acknowledged: ${initialJoinFailures}\n`);
+  // The crowd's joins (O(N^2) queue:update sends, everyone's first deck) are not the steady state the
+  // open loop measures: arrivals start once they have settled.
+  await new Promise((r) => setTimeout(r, (spec.settle ?? 2) * 1000));
   const results = [];
   const running = [];
   let dropped = 0;

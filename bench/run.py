@@ -320,7 +320,8 @@ class Bench:
                                                   "duration": self.args.open_seconds})
         finally:
             nodes[0].stop()
-        print(f"\n== open loop: Poisson arrivals at {rate}/s (half the 1-node closed-loop rate), {n} users")
+        print(f"\n== open loop: Poisson arrivals at {rate}/s (half the 1-node closed-loop rate), {n} users, "
+              f"from 2 s after their joins")
         print(f"{'server':<14}{'done':>7}{'failed':>8}{'setup p50':>11}{'setup p99':>11}{'cycle p99':>11}"
               f"{'gen CPU':>9}")
         for key, r in results.items():
