@@ -17,12 +17,19 @@ async def test_partner_reconnected_after_a_freeze(users, peers, n1, n2, rds):
     room = start["roomId"]
 
     assert n2.proc is not None
+    n1_log = n1.log_size()
     n2.proc.send_signal(signal.SIGSTOP)
+    frozen_at = time.time()
     try:
         # n1 reaps the frozen node once its own beats were steady for a whole window (1.5 s here): on a
         # loaded CI machine (a browser starting on the other worker) that took 8.7 s once. The grace
         # the reap starts is what the rest of the test measures, so a late reap weakens nothing.
-        gone = await pa.wait("room:partner-disconnected", timeout=20)
+        try:
+            gone = await pa.wait("room:partner-disconnected", timeout=20)
+        except AssertionError as exc:  # say what n1 saw, so a late or missing reap can be told apart
+            beats = {k.decode(): int(v) / 1000 - frozen_at for k, v in (await rds.hgetall("nodes")).items()}
+            raise AssertionError(f"{exc}\nnodes' last beats, s after the freeze: {beats}\n"
+                                 f"n1's log since the freeze:\n{n1.log_since(n1_log)[-3000:]}") from None
         assert gone["userId"] == b["userId"]
     finally:
         n2.proc.send_signal(signal.SIGCONT)

@@ -144,16 +144,18 @@ class Node:
         except FileNotFoundError:
             return 0
 
-    def errors_since(self, offset: int) -> list[str]:
-        """Log lines at error level (or tracebacks) written after `offset`."""
+    def log_since(self, offset: int) -> str:
         try:
             with open(self.log_path, "rb") as f:
                 f.seek(offset)
-                text = f.read().decode(errors="replace")
+                return f.read().decode(errors="replace")
         except FileNotFoundError:
-            return []
+            return ""
+
+    def errors_since(self, offset: int) -> list[str]:
+        """Log lines at error level (or tracebacks) written after `offset`."""
         bad = []
-        for line in text.splitlines():
+        for line in self.log_since(offset).splitlines():
             try:
                 rec = json.loads(line)
             except ValueError:
