@@ -12,7 +12,6 @@ python-socketio + the generator) on this machine. The handshake token is taken a
 from __future__ import annotations
 
 import asyncio
-import gc
 import sys
 import uuid
 from pathlib import Path
@@ -22,6 +21,7 @@ import socketio
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from server.ops import heap
 from server.wire import PlainWebSocket  # (ours runs the same websocket)
 
 
@@ -134,6 +134,5 @@ if __name__ == "__main__":
     except ImportError:
         pass
     app = build(bare="--bare" in sys.argv)
-    gc.collect()
-    gc.freeze()  # as ours does once started (server/ops/heap.py): the floor gets the same process tuning
+    app.on_startup.append(heap.freeze_startup_heap)  # as ours: the floor gets the same process tuning
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)

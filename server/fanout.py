@@ -170,11 +170,11 @@ class NodeManager(socketio.AsyncRedisManager):  # type: ignore[misc]
                 eio_pkts = [eio_packet.Packet(eio_packet.MESSAGE, p)
                             for p in (encoded if isinstance(encoded, list) else [encoded])]
             sock = sockets.get(eio_sid)
-            for p in eio_pkts:
-                if sock is not None and wire.write_now(sock, p):
-                    continue  # the same frame bytes for every socket that keeps up (wire.py)
-                with contextlib.suppress(Exception):  # a socket closing meanwhile
-                    await self.server._send_eio_packet(eio_sid, p)
+            for p in eio_pkts if sock is not None else ():  # (None: gone meanwhile)
+                # The same frame bytes for every socket that keeps up (wire.py); else its queue.
+                if not wire.write_now(sock, p):
+                    with contextlib.suppress(Exception):  # a socket closing meanwhile
+                        await wire.send_queued(sock, p)
             self.stats.delivered_local += 1
         if reached:
             for dhook in self.delivery_hooks:

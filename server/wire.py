@@ -197,10 +197,15 @@ def write_now(socket: Any, pkt: Any) -> bool:
 _ENGINEIO_SEND = async_socket.AsyncSocket.send  # taken at import, before install() replaces it
 
 
+async def send_queued(socket: Any, pkt: Any) -> None:
+    """engine.io's own send (its checks, then the socket's queue): for a packet write_now() refused."""
+    await _ENGINEIO_SEND(socket, pkt)
+
+
 async def _send(self: Any, pkt: Any) -> None:
-    """The direct path (module docstring), else engine.io's own send (its checks, then the queue)."""
+    """The direct path (module docstring), else engine.io's own send."""
     if not write_now(self, pkt):
-        await _ENGINEIO_SEND(self, pkt)
+        await send_queued(self, pkt)
 
 
 async def _websocket_handler(self: Any, ws: Any) -> None:
