@@ -33,9 +33,27 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     """The multi-node suites keep their cluster between modules, but its nodes share this worker's
     Redis: left running under a test with its own app, they would claim that test's timers and reap
     its node. Stop it first (the next multi-node module starts it again)."""
-    if "cluster" not in item.fixturenames:  # type: ignore[attr-defined]
-        for pool in getattr(item.config, "napalm_cluster_pools", ()):
-            pool.close()
+    pool = getattr(item.config, "napalm_cluster_pool", None)
+    if pool is not None and "cluster" not in item.fixturenames:  # type: ignore[attr-defined]
+        pool.close()
+
+
+@pytest.fixture(scope="session")
+def _pool(stack: Stack, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The worker's one pool of multi-node clusters (tests/multinode/conftest.py), defined here once for
+    every suite that uses it. Defined in each suite's conftest, the multi-node and the fault suites each
+    had a pool, so two clusters ran at once on this worker's Redis: every node of one reaped, swept
+    and re-registered under the other's tests (a frozen node's reap never reached its partner once in
+    a full run). The fault suite imports this module as `tests.multinode.conftest`, a second copy of
+    the one pytest loads as a conftest: nothing may tell the copies' classes apart (no isinstance)."""
+    from tests.multinode.conftest import _Pool
+
+    pool = _Pool(stack)
+    request.config.__dict__["napalm_cluster_pool"] = pool  # for pytest_runtest_setup
+    try:
+        yield pool
+    finally:
+        pool.close()
 
 
 def release_finished_apps() -> None:

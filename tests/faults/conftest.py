@@ -14,7 +14,6 @@ import pytest
 
 from tests.multinode.conftest import (  # noqa: F401  (fixtures)
     _clean,
-    _pool,
     cluster,
     db,
     eventually,

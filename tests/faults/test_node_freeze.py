@@ -27,7 +27,7 @@ async def test_partner_reconnected_after_a_freeze(users, peers, n1, n2, rds):
         try:
             gone = await pa.wait("room:partner-disconnected", timeout=20)
         except AssertionError as exc:  # say what n1 saw, so a late or missing reap can be told apart
-            beats = {k.decode(): int(v) / 1000 - frozen_at for k, v in (await rds.hgetall("nodes")).items()}
+            beats = {k: int(v) / 1000 - frozen_at for k, v in (await rds.hgetall("nodes")).items()}
             raise AssertionError(f"{exc}\nnodes' last beats, s after the freeze: {beats}\n"
                                  f"n1's log since the freeze:\n{n1.log_since(n1_log)[-3000:]}") from None
         assert gone["userId"] == b["userId"]

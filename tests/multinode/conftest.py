@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -223,17 +223,6 @@ class _Pool:
             self.current = None
 
 
-@pytest.fixture(scope="session")
-def _pool(stack: Stack, request: pytest.FixtureRequest) -> Iterator[_Pool]:
-    pool = _Pool(stack)
-    # Known to tests/conftest.py, which stops the cluster before any test that does not use it.
-    request.config.__dict__.setdefault("napalm_cluster_pools", []).append(pool)
-    try:
-        yield pool
-    finally:
-        pool.close()
-
-
 @pytest.fixture(scope="module")
 def node_env() -> dict[str, str]:
     """Extra environment for this module's nodes (override in a test module)."""
@@ -332,7 +321,7 @@ class Users:
 
     async def make(self, node: Node | str, name: str = "Ada", *, gender: str = "female", paid: bool = True,
                    media: bool = True) -> dict[str, Any]:
-        base = node.url if isinstance(node, Node) else node
+        base = node if isinstance(node, str) else node.url  # a Node of either copy of this module (tests/conftest.py)
         async with self.http.post(f"{base}/auth/guest", json={"name": name, "gender": gender}) as resp:
             body = await resp.json()
             assert resp.status == 200, body
