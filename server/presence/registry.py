@@ -92,7 +92,7 @@ class Registry:
     async def register(self, sender: Sender) -> presence.Arrival:
         """The socket is bound to its user on this node: count it in presence (cluster-wide)."""
         return await presence.add_socket(self.deps.redis, sender.user_id, sender.sid, self.deps.settings.node_id,
-                                         sender.session_id)
+                                         sender.session_id, now_ms())
 
     # ---- heartbeat ----
     async def _beat_loop(self) -> None:

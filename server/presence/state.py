@@ -2,8 +2,9 @@
 of theirs exists on any live node.
 
 Keys: u:<uid>:socks (set of sids), sid:<sid> (hash uid/node/sess), node:<node>:sids,
-sess:<sessionId>:sids, nodes (hash node -> last heartbeat ms), online (set of uids),
-available (set of uids in the deck).
+sess:<sessionId>:sids, nodes (hash node -> last heartbeat ms), nodes:unbeaten (hash node -> ms of its
+first socket registered while it was not in `nodes`: before its first heartbeat, or since Redis lost
+its data; its next heartbeat removes it), online (set of uids), available (set of uids in the deck).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ _SOCKET_ADD = Script(
     """
     local uid, sid, node, sess = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
     local socks = 'u:' .. uid .. ':socks'
+    -- A node not in the registry (no heartbeat yet, or Redis lost its data since its last one) that
+    -- dies before it beats must still be reaped: note since when it holds sockets.
+    if redis.call('HEXISTS', 'nodes', node) == 0 then redis.call('HSETNX', 'nodes:unbeaten', node, ARGV[5]) end
     local fresh = redis.call('SCARD', socks) == 0
     redis.call('SADD', socks, sid)
     redis.call('HSET', 'sid:' .. sid, 'uid', uid, 'node', node, 'sess', sess)
@@ -100,9 +104,10 @@ _WINDOW_END = Script(
 _REAP_NODE = Script(
     """
     local node, stale_before = ARGV[1], tonumber(ARGV[2])
-    local seen = tonumber(redis.call('HGET', 'nodes', node) or '0')
+    local seen = tonumber(redis.call('HGET', 'nodes', node) or redis.call('HGET', 'nodes:unbeaten', node) or '0')
     if seen >= stale_before then return {} end
     redis.call('HDEL', 'nodes', node)
+    redis.call('HDEL', 'nodes:unbeaten', node)
     local sids = redis.call('SMEMBERS', 'node:' .. node .. ':sids')
     redis.call('DEL', 'node:' .. node .. ':sids')
     return sids
@@ -128,8 +133,9 @@ class Departure:
     action: str  # none | now (explicit disconnect) | grace (timer scheduled)
 
 
-async def add_socket(redis: aioredis.Redis, user_id: str, sid: str, node: str, session_id: str) -> Arrival:
-    fresh, away, room, final, incoming = await _SOCKET_ADD(redis, [], [user_id, sid, node, session_id])
+async def add_socket(redis: aioredis.Redis, user_id: str, sid: str, node: str, session_id: str,
+                     now_ms: int) -> Arrival:
+    fresh, away, room, final, incoming = await _SOCKET_ADD(redis, [], [user_id, sid, node, session_id, now_ms])
     return Arrival(bool(fresh), bool(away), room or None, final or None, incoming or None)
 
 
@@ -191,7 +197,10 @@ async def known_node(redis: aioredis.Redis, node: str) -> bool:
 
 
 async def heartbeat(redis: aioredis.Redis, node: str, now_ms: int) -> None:
-    await redis.hset("nodes", node, now_ms)
+    async with redis.pipeline(transaction=True) as tx:
+        tx.hset("nodes", node, now_ms)
+        tx.hdel("nodes:unbeaten", node)
+        await tx.execute()
 
 
 async def session_sids(redis: aioredis.Redis, session_id: str) -> set[str]:
@@ -204,8 +213,13 @@ async def node_sids(redis: aioredis.Redis, node: str) -> set[str]:
 
 
 async def nodes_seen(redis: aioredis.Redis) -> dict[str, int]:
-    """Every registered node and its last heartbeat (ms)."""
-    return {str(n): int(seen) for n, seen in (await redis.hgetall("nodes")).items()}
+    """Every node holding sockets and its last heartbeat (ms); for a node that has not beaten since it
+    registered them (see nodes:unbeaten), when it registered the first."""
+    async with redis.pipeline(transaction=True) as tx:
+        tx.hgetall("nodes:unbeaten")
+        tx.hgetall("nodes")
+        unbeaten, beaten = await tx.execute()
+    return {str(n): int(seen) for n, seen in (*unbeaten.items(), *beaten.items())}
 
 
 async def reap_node(redis: aioredis.Redis, node: str, stale_before_ms: int) -> list[str]:

@@ -152,7 +152,7 @@ async def _spread(socks, packets: list[Packet]) -> None:
 async def _snapshot(rds, db) -> dict[str, Any]:
     keys = sorted(k for k in await rds.keys("*")
                   if not k.startswith(("rl:", "u:", "sid:", "node:", "sess:"))
-                  and k not in ("nodes", "online"))
+                  and k not in ("nodes", "nodes:unbeaten", "online"))
     return {
         "keys": keys,
         "timers": sorted(await rds.zrange("timers", 0, -1)),
