@@ -213,8 +213,8 @@ async def node_sids(redis: aioredis.Redis, node: str) -> set[str]:
 
 
 async def nodes_seen(redis: aioredis.Redis) -> dict[str, int]:
-    """Every node holding sockets and its last heartbeat (ms); for a node that has not beaten since it
-    registered them (see nodes:unbeaten), when it registered the first."""
+    """Every node's last heartbeat (ms); for a node holding sockets that has not beaten since it
+    registered them (nodes:unbeaten), when it registered the first: it is reaped if it never beats."""
     async with redis.pipeline(transaction=True) as tx:
         tx.hgetall("nodes:unbeaten")
         tx.hgetall("nodes")

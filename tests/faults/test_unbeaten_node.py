@@ -37,7 +37,9 @@ async def test_sockets_of_a_node_that_died_before_its_first_beat_are_reaped(user
 
         async def offline() -> bool:
             return not await rds.sismember("online", gone["userId"])
-        logs = lambda: "".join(n.log_since(marks[n.name]) for n in (n1, n2))  # noqa: E731
+
+        def logs() -> str:
+            return "".join(n.log_since(marks[n.name]) for n in (n1, n2))
         assert await eventually(offline, within=15), f"the dead node's user stayed online; the nodes logged:\n{logs()}"
         print(f"offline {time.monotonic() - t0:.2f} s after the kill")
         assert await rds.scard(f"node:{node_id}:sids") == 0
